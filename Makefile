@@ -1,0 +1,56 @@
+# servicedesk: `make run` starts the whole desk on its embedded default; `make test` tests it.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+# Debian packages the tests drive for real: the browser and a Redis server of their own.
+TEST_DEBIAN_PACKAGES := chromium redis-server
+
+.PHONY: run test install install-test system-packages lint format clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test system-packages
+
+# Installs only what is missing; `apt-get update` first when the package lists are stale.
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian packages:$$missing"; \
+		$(APT_GET) install -y --no-install-recommends $$missing \
+		|| { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends $$missing; }; \
+	fi
+
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py create_first_admin
+	@echo "Starting web (http://127.0.0.1:8000), worker and beat. Ctrl-C stops all of them."
+	PATH="$(BIN):$$PATH" $(BIN)/honcho --procfile Procfile start
+
+test: install-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-test
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,156 @@
+"""The Settings > Email integration form. It only shapes input: the rules are in the model's
+`clean()` and in `integrations.services`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django import forms
+from django.contrib.auth import get_user_model
+
+from integrations.models import EmailIntegration
+from integrations.services import Secrets
+from records.models import Status
+
+SECRET_FIELDS = ("incoming_password", "smtp_password", "oauth_client_secret")
+
+
+class SenderListField(forms.CharField):
+    """A list of addresses or domains, typed one per line (commas and semicolons work too)."""
+
+    widget = forms.Textarea(attrs={"rows": 3})
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return "\n".join(value)
+        return value
+
+    def to_python(self, value: Any) -> list[str]:
+        if isinstance(value, list | tuple):
+            return [str(item) for item in value]
+        text = super().to_python(value) or ""
+        return [entry for entry in re.split(r"[\s,;]+", text) if entry]
+
+
+class SecretField(forms.CharField):
+    """A password or token: never rendered back; left empty it keeps what is stored."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("strip", False)
+        kwargs.setdefault(
+            "widget", forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
+        )
+        super().__init__(**kwargs)
+
+
+class EmailIntegrationForm(forms.ModelForm):
+    # Errors come from the server, next to each field; browser "required" popups would hide
+    # fields of a collapsed section.
+    use_required_attribute = False
+
+    ignore_senders = SenderListField(
+        required=False, label="Ignore emails from", help_text="Addresses and domains, at most 20."
+    )
+    whitelist_senders = SenderListField(
+        required=False,
+        label="Accept only emails from",
+        help_text="Addresses and domains. Empty: accept every sender.",
+    )
+    duplicate_exempt_senders = SenderListField(
+        required=False,
+        label="Never treat as duplicates emails from",
+        help_text="Addresses, or usernames of users.",
+    )
+    incoming_password = SecretField(label="Password")
+    smtp_password = SecretField(label="Password")
+    oauth_client_secret = SecretField(label="Client secret")
+    unless_status_in = forms.ModelMultipleChoiceField(
+        queryset=Status.objects.all(),
+        required=False,
+        label="Unless the record's status is",
+        widget=forms.CheckboxSelectMultiple,
+    )
+    forward_ignored_to = forms.ModelMultipleChoiceField(
+        queryset=get_user_model().objects.filter(is_active=True).order_by("username"),
+        required=False,
+        label="Forward ignored emails to",
+        widget=forms.SelectMultiple(attrs={"size": 4}),
+    )
+
+    class Meta:
+        model = EmailIntegration
+        fields = [
+            "name",
+            "description",
+            "is_default",
+            "incoming_enabled",
+            "incoming_protocol",
+            "oauth_mailbox_access",
+            "oauth_tenant",
+            "oauth_client_id",
+            "incoming_server",
+            "incoming_port",
+            "incoming_encryption",
+            "incoming_username",
+            "incoming_folder",
+            "poll_interval_seconds",
+            "use_last_record_number",
+            "search_body_for_record_number",
+            "change_status_to",
+            "ignore_senders",
+            "ignore_subject_regex",
+            "whitelist_senders",
+            "duplicate_exempt_senders",
+            "copy_incoming_to",
+            "remove_emojis",
+            "outgoing_enabled",
+            "outgoing_protocol",
+            "email_address",
+            "smtp_host",
+            "smtp_port",
+            "smtp_encryption",
+            "smtp_username",
+            "outgoing_encoding",
+            "outgoing_content_type",
+            "outgoing_charset",
+            "verify_certificates",
+            "ca_certificate",
+        ]
+        widgets = {
+            "description": forms.Textarea(attrs={"rows": 2}),
+            "ca_certificate": forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["change_status_to"].empty_label = "Do not change"
+        if self.instance.pk:
+            self.initial["unless_status_in"] = list(self.instance.unless_status_in.all())
+            self.initial["forward_ignored_to"] = list(self.instance.forward_ignored_to.all())
+            for name in SECRET_FIELDS:
+                if getattr(self.instance, name):
+                    field = self.fields[name]
+                    field.widget.attrs["placeholder"] = "•••••••• (stored; leave empty to keep)"
+                    field.help_text = "Stored. Type a new one to replace it."
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        # Put the new secrets on the instance before the model's clean() runs, so "password
+        # required" sees them; an empty field keeps the stored secret.
+        for name, value in self.secrets().__dict__.items():
+            if value is not None:
+                setattr(self.instance, name, value)
+        return cleaned
+
+    def _get_validation_exclusions(self) -> set[str]:
+        # Taking the default mark from another integration is the service's job, so the
+        # one-default constraint must not stop the form first.
+        exclusions = super()._get_validation_exclusions()
+        exclusions.add("is_default")
+        return exclusions
+
+    def secrets(self) -> Secrets:
+        values = {name: (self.cleaned_data.get(name) or None) for name in SECRET_FIELDS}
+        return Secrets(**values)

@@ -1,0 +1,404 @@
+"""An email integration: one mailbox the desk reads (incoming), sends through (outgoing), or both.
+
+The fields mirror SysAid's Settings > Email > Integration page: the general part, the
+Incoming Emails section (with its advanced rules) and the Outgoing Emails section.
+"""
+
+from __future__ import annotations
+
+import codecs
+
+from cryptography import x509
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from integrations.encryption import EncryptedTextField
+from integrations.validation import (
+    MAX_IGNORED_SENDERS,
+    MICROSOFT_BASIC_AUTH_MESSAGE,
+    is_microsoft_basic_auth_host,
+    validate_sender_list,
+    validate_subject_regex,
+)
+
+
+class IncomingProtocol(models.TextChoices):
+    IMAP = "imap", "IMAP"
+    POP3 = "pop3", "POP3"
+    MICROSOFT365 = "microsoft365", "Microsoft 365 (OAuth 2.0)"
+    GOOGLE = "google", "Google (OAuth 2.0)"
+
+
+OAUTH_PROTOCOLS = (IncomingProtocol.MICROSOFT365, IncomingProtocol.GOOGLE)
+
+
+class MailboxAccess(models.TextChoices):
+    """How an OAuth 2.0 integration reads its mailbox (both log in with XOAUTH2)."""
+
+    IMAP = "imap", "IMAP"
+    POP3 = "pop3", "POP3"
+
+
+class OutgoingProtocol(models.TextChoices):
+    SMTP = "smtp", "SMTP"
+
+
+class Encryption(models.TextChoices):
+    NONE = "none", "None"
+    SSL = "ssl", "SSL/TLS (from the first byte)"
+    TLS = "tls", "STARTTLS"
+    TLS12 = "tls1.2", "STARTTLS, TLS 1.2 or newer"
+
+
+class TransferEncoding(models.TextChoices):
+    QUOTED_PRINTABLE = "quoted-printable", "Quoted-printable"
+    BASE64 = "base64", "Base64"
+    EIGHT_BIT = "8bit", "8bit"
+
+
+class ContentType(models.TextChoices):
+    HTML = "html", "HTML (with a plain-text part)"
+    PLAIN = "plain", "Plain text"
+
+
+# Ports used when the admin leaves the port empty, by protocol and encryption.
+DEFAULT_INCOMING_PORTS = {
+    (MailboxAccess.IMAP, Encryption.SSL): 993,
+    (MailboxAccess.IMAP, Encryption.NONE): 143,
+    (MailboxAccess.IMAP, Encryption.TLS): 143,
+    (MailboxAccess.IMAP, Encryption.TLS12): 143,
+    (MailboxAccess.POP3, Encryption.SSL): 995,
+    (MailboxAccess.POP3, Encryption.NONE): 110,
+    (MailboxAccess.POP3, Encryption.TLS): 110,
+    (MailboxAccess.POP3, Encryption.TLS12): 110,
+}
+DEFAULT_SMTP_PORTS = {
+    Encryption.SSL: 465,
+    Encryption.NONE: 25,
+    Encryption.TLS: 587,
+    Encryption.TLS12: 587,
+}
+# Where the OAuth 2.0 providers serve mail when the admin leaves the server empty.
+DEFAULT_OAUTH_SERVERS = {
+    (IncomingProtocol.MICROSOFT365, MailboxAccess.IMAP): "outlook.office365.com",
+    (IncomingProtocol.MICROSOFT365, MailboxAccess.POP3): "outlook.office365.com",
+    (IncomingProtocol.GOOGLE, MailboxAccess.IMAP): "imap.gmail.com",
+    (IncomingProtocol.GOOGLE, MailboxAccess.POP3): "pop.gmail.com",
+}
+
+port_validators = [MinValueValidator(1), MaxValueValidator(65535)]
+
+
+class EmailIntegration(models.Model):
+    # General
+    name = models.CharField(
+        max_length=100, unique=True, help_text="Shown in the address list when sending."
+    )
+    description = models.TextField(blank=True)
+    is_default = models.BooleanField("use as default email integration", default=False)
+    incoming_enabled = models.BooleanField("incoming emails", default=False)
+    outgoing_enabled = models.BooleanField("outgoing emails", default=False)
+
+    # Incoming emails
+    incoming_protocol = models.CharField(
+        "protocol", max_length=20, choices=IncomingProtocol.choices, default=IncomingProtocol.IMAP
+    )
+    oauth_mailbox_access = models.CharField(
+        "mailbox access",
+        max_length=4,
+        choices=MailboxAccess.choices,
+        default=MailboxAccess.IMAP,
+        help_text="OAuth 2.0 only: read the mailbox over IMAP or POP3.",
+    )
+    incoming_server = models.CharField("server", max_length=255, blank=True)
+    incoming_port = models.PositiveIntegerField(
+        "port",
+        null=True,
+        blank=True,
+        validators=port_validators,
+        help_text="Leave empty for the usual port of the protocol and encryption.",
+    )
+    incoming_encryption = models.CharField(
+        "encryption", max_length=6, choices=Encryption.choices, default=Encryption.SSL
+    )
+    incoming_username = models.CharField("username", max_length=255, blank=True)
+    incoming_password = EncryptedTextField("password", blank=True)
+    incoming_folder = models.CharField(
+        "folder", max_length=255, default="INBOX", help_text="IMAP only."
+    )
+    poll_interval_seconds = models.PositiveIntegerField(
+        "poll interval (seconds)",
+        default=60,
+        validators=[MinValueValidator(10), MaxValueValidator(86400)],
+    )
+
+    # Incoming emails: advanced
+    use_last_record_number = models.BooleanField(
+        "use the last record number in the subject",
+        default=False,
+        help_text="Off: the first number (#12 in “Re: #12 was merged into #15”) is used.",
+    )
+    search_body_for_record_number = models.BooleanField(
+        "extend the record number search to the body", default=False
+    )
+    change_status_to = models.ForeignKey(
+        "records.Status",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name="on reply, change status to",
+        help_text="Empty: do not change the status.",
+    )
+    unless_status_in = models.ManyToManyField(
+        "records.Status",
+        blank=True,
+        related_name="+",
+        verbose_name="unless the record's status is",
+    )
+    ignore_senders = models.JSONField(
+        "ignore emails from", default=list, blank=True, help_text="Addresses and domains, at most 20."
+    )
+    ignore_subject_regex = models.CharField(
+        "ignore emails whose subject matches", max_length=1000, blank=True
+    )
+    whitelist_senders = models.JSONField(
+        "accept only emails from",
+        default=list,
+        blank=True,
+        help_text="Addresses and domains. Empty: accept every sender.",
+    )
+    duplicate_exempt_senders = models.JSONField(
+        "never treat as duplicates emails from",
+        default=list,
+        blank=True,
+        help_text="Addresses, or usernames of users.",
+    )
+    forward_ignored_to = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="+",
+        verbose_name="forward ignored emails to",
+    )
+    copy_incoming_to = models.EmailField(
+        "send a copy of incoming emails to", blank=True, help_text="Enterprise edition."
+    )
+    remove_emojis = models.BooleanField(
+        "remove emojis from subject and body", default=True
+    )
+
+    # OAuth 2.0 (Microsoft 365, Google); the connect flow fills the tokens.
+    oauth_tenant = models.CharField("tenant", max_length=255, blank=True)
+    oauth_client_id = models.CharField("client id", max_length=255, blank=True)
+    oauth_client_secret = EncryptedTextField("client secret", blank=True)
+    oauth_refresh_token = EncryptedTextField(blank=True)
+    oauth_access_token = EncryptedTextField(blank=True)
+    oauth_access_token_expires_at = models.DateTimeField(null=True, blank=True)
+    oauth_account = models.CharField(
+        max_length=255, blank=True, help_text="The account the token belongs to."
+    )
+
+    # Outgoing emails
+    outgoing_protocol = models.CharField(
+        "protocol", max_length=10, choices=OutgoingProtocol.choices, default=OutgoingProtocol.SMTP
+    )
+    email_address = models.EmailField(
+        "email address", blank=True, help_text="The From address of emails sent."
+    )
+    smtp_host = models.CharField("SMTP host", max_length=255, blank=True)
+    smtp_port = models.PositiveIntegerField(
+        "port",
+        null=True,
+        blank=True,
+        validators=port_validators,
+        help_text="Leave empty for the usual port of the encryption.",
+    )
+    smtp_encryption = models.CharField(
+        "encryption", max_length=6, choices=Encryption.choices, default=Encryption.TLS
+    )
+    smtp_username = models.CharField("username", max_length=255, blank=True)
+    smtp_password = EncryptedTextField("password", blank=True)
+    outgoing_encoding = models.CharField(
+        "encoding",
+        max_length=20,
+        choices=TransferEncoding.choices,
+        default=TransferEncoding.QUOTED_PRINTABLE,
+    )
+    outgoing_content_type = models.CharField(
+        "content type", max_length=5, choices=ContentType.choices, default=ContentType.HTML
+    )
+    outgoing_charset = models.CharField("charset", max_length=40, default="utf-8")
+
+    # TLS, for both directions
+    verify_certificates = models.BooleanField(
+        "verify server certificates",
+        default=True,
+        help_text="Turn off only for a test server; the connection can then be intercepted.",
+    )
+    ca_certificate = models.TextField(
+        "CA certificate (PEM)",
+        blank=True,
+        help_text="For servers whose certificate comes from a private CA.",
+    )
+
+    # What the mail engine last saw (shown on the list page)
+    last_polled_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"],
+                condition=models.Q(is_default=True),
+                name="one_default_email_integration",
+                violation_error_message="Another integration is already the default.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    # What the integration does --------------------------------------------------------
+
+    @property
+    def direction(self) -> str:
+        if self.incoming_enabled and self.outgoing_enabled:
+            return "both"
+        if self.incoming_enabled:
+            return "incoming"
+        if self.outgoing_enabled:
+            return "outgoing"
+        return "off"
+
+    @property
+    def uses_oauth(self) -> bool:
+        return self.incoming_protocol in OAUTH_PROTOCOLS
+
+    @property
+    def mailbox_protocol(self) -> str:
+        """IMAP or POP3: what the mail engine speaks to the mailbox."""
+        if self.uses_oauth:
+            return self.oauth_mailbox_access
+        return self.incoming_protocol
+
+    @property
+    def effective_incoming_server(self) -> str:
+        if self.incoming_server or not self.uses_oauth:
+            return self.incoming_server
+        return DEFAULT_OAUTH_SERVERS[(self.incoming_protocol, self.oauth_mailbox_access)]
+
+    @property
+    def effective_incoming_port(self) -> int:
+        if self.incoming_port:
+            return self.incoming_port
+        return DEFAULT_INCOMING_PORTS[(self.mailbox_protocol, self.incoming_encryption)]
+
+    @property
+    def effective_smtp_port(self) -> int:
+        return self.smtp_port or DEFAULT_SMTP_PORTS[self.smtp_encryption]
+
+    @property
+    def address(self) -> str:
+        """The address shown for the integration: the one it sends as, else the one it reads."""
+        return self.email_address or self.incoming_username
+
+    @property
+    def has_incoming_password(self) -> bool:
+        return bool(self.incoming_password)
+
+    @property
+    def has_smtp_password(self) -> bool:
+        return bool(self.smtp_password)
+
+    # Rules every integration follows -------------------------------------------------
+
+    def clean(self) -> None:
+        errors: dict[str, list[ValidationError]] = {}
+
+        def add(field: str, message: str, **params: object) -> None:
+            errors.setdefault(field, []).append(ValidationError(message, params=params or None))
+
+        if not (self.incoming_enabled or self.outgoing_enabled):
+            add("incoming_enabled", "Turn on Incoming Emails, Outgoing Emails, or both.")
+        if self.incoming_enabled:
+            self._clean_incoming(add)
+        if self.outgoing_enabled:
+            self._clean_outgoing(add)
+        self._clean_advanced(errors, add)
+        if self.ca_certificate.strip():
+            try:
+                x509.load_pem_x509_certificates(self.ca_certificate.strip().encode())
+            except ValueError:
+                add(
+                    "ca_certificate",
+                    "This is not a PEM certificate: paste the text from -----BEGIN "
+                    "CERTIFICATE----- to -----END CERTIFICATE-----.",
+                )
+        if errors:
+            raise ValidationError(errors)
+
+    def _clean_incoming(self, add) -> None:
+        if not self.uses_oauth:
+            if not self.incoming_server.strip():
+                add("incoming_server", "Enter the mail server's host name, e.g. imap.example.com.")
+            elif is_microsoft_basic_auth_host(self.incoming_server):
+                add("incoming_protocol", MICROSOFT_BASIC_AUTH_MESSAGE, server=self.incoming_server)
+            if not self.incoming_password:
+                add("incoming_password", "Enter the mailbox password.")
+        if not self.incoming_username.strip():
+            add("incoming_username", "Enter the mailbox's username (often its email address).")
+        if self.mailbox_protocol == MailboxAccess.IMAP and not self.incoming_folder.strip():
+            add("incoming_folder", "Enter the IMAP folder to read, e.g. INBOX.")
+        if self.uses_oauth and not self.oauth_client_id.strip():
+            add("oauth_client_id", "Enter the client id of the app registered with the provider.")
+        if self.incoming_protocol == IncomingProtocol.MICROSOFT365 and not self.oauth_tenant.strip():
+            add("oauth_tenant", "Enter the Microsoft 365 tenant (its id or domain).")
+
+    def _clean_outgoing(self, add) -> None:
+        if not self.email_address:
+            add("email_address", "Enter the address emails are sent from.")
+        if not self.smtp_host.strip():
+            add("smtp_host", "Enter the SMTP server's host name, e.g. smtp.example.com.")
+        elif (
+            is_microsoft_basic_auth_host(self.smtp_host)
+            and self.incoming_protocol != IncomingProtocol.MICROSOFT365
+        ):
+            add(
+                "smtp_host",
+                MICROSOFT_BASIC_AUTH_MESSAGE
+                + " SMTP then signs in with the same OAuth 2.0 connection.",
+                server=self.smtp_host,
+            )
+        if self.smtp_username and not self.smtp_password:
+            add("smtp_password", "Enter the SMTP password, or clear the username.")
+        try:
+            codecs.lookup(self.outgoing_charset)
+        except LookupError:
+            add("outgoing_charset", "Unknown charset %(charset)s; utf-8 is the usual choice.",
+                charset=self.outgoing_charset)
+
+    def _clean_advanced(self, errors, add) -> None:
+        for field, limit in (
+            ("ignore_senders", MAX_IGNORED_SENDERS),
+            ("whitelist_senders", None),
+        ):
+            try:
+                setattr(self, field, validate_sender_list(list(getattr(self, field) or []), limit=limit))
+            except ValidationError as exc:
+                errors.setdefault(field, []).append(exc)
+        # Exempt senders may be usernames as well as addresses.
+        self.duplicate_exempt_senders = sorted(
+            {entry.strip().lower() for entry in self.duplicate_exempt_senders or [] if entry.strip()}
+        )
+        try:
+            validate_subject_regex(self.ignore_subject_regex)
+        except ValidationError as exc:
+            errors.setdefault("ignore_subject_regex", []).append(exc)

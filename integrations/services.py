@@ -1,0 +1,122 @@
+"""Creating, changing and removing email integrations. The form and the JSON import both
+come here, so both follow the same rules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from integrations.editions import check_edition_limits
+from integrations.models import EmailIntegration
+from records.models import Status
+
+User = get_user_model()
+
+UNCHANGED = None  # a secret argument of None keeps the stored value
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """New secret values; None keeps what is stored, "" clears it."""
+
+    incoming_password: str | None = UNCHANGED
+    smtp_password: str | None = UNCHANGED
+    oauth_client_secret: str | None = UNCHANGED
+
+
+def _apply_secrets(integration: EmailIntegration, secrets: Secrets) -> None:
+    for field in ("incoming_password", "smtp_password", "oauth_client_secret"):
+        value = getattr(secrets, field)
+        if value is not UNCHANGED:
+            setattr(integration, field, value)
+
+
+def addresses_read_by_incoming_integrations(*, exclude_pk: int | None = None) -> set[str]:
+    """Every address the desk reads mail for: mail sent there comes back to the desk."""
+    addresses: set[str] = set()
+    queryset = EmailIntegration.objects.filter(incoming_enabled=True)
+    if exclude_pk is not None:
+        queryset = queryset.exclude(pk=exclude_pk)
+    for integration in queryset.only("incoming_username", "email_address"):
+        for address in (integration.incoming_username, integration.email_address):
+            if "@" in address:
+                addresses.add(address.strip().lower())
+    return addresses
+
+
+def validate_forward_ignored_to(*, integration: EmailIntegration, users: Iterable) -> None:
+    """Forwarded ignored emails must reach a person, not loop back into a desk mailbox."""
+    read_here = addresses_read_by_incoming_integrations(exclude_pk=integration.pk)
+    if integration.incoming_enabled:
+        for address in (integration.incoming_username, integration.email_address):
+            if "@" in address:
+                read_here.add(address.strip().lower())
+    problems = []
+    for user in users:
+        email = (user.email or "").strip().lower()
+        if not email:
+            problems.append(f"{user.username} has no email address")
+        elif email in read_here:
+            problems.append(f"{user.username}'s address {email} is read by an incoming integration")
+    if problems:
+        raise ValidationError(
+            {
+                "forward_ignored_to": ValidationError(
+                    "Cannot forward ignored emails to: %(problems)s. Choose users with their own "
+                    "address.",
+                    params={"problems": "; ".join(problems)},
+                )
+            }
+        )
+
+
+@transaction.atomic
+def save_integration(
+    *,
+    integration: EmailIntegration,
+    secrets: Secrets = Secrets(),  # noqa: B008 - frozen, so a shared default is safe
+    unless_status_in: Iterable[Status] | None = None,
+    forward_ignored_to: Iterable | None = None,
+) -> EmailIntegration:
+    """Validate and store an integration (new or changed) with its related choices.
+
+    Making it the default takes the mark from the integration that had it, in the same
+    transaction; the first integration ever saved becomes the default by itself.
+    """
+    _apply_secrets(integration, secrets)
+    if not integration.is_default and not EmailIntegration.objects.filter(is_default=True).exclude(
+        pk=integration.pk
+    ).exists():
+        integration.is_default = True
+    integration.full_clean(validate_constraints=False)
+    check_edition_limits(integration=integration)
+    forward_users = list(forward_ignored_to) if forward_ignored_to is not None else None
+    if forward_users is not None:
+        validate_forward_ignored_to(integration=integration, users=forward_users)
+    if integration.is_default:
+        # Lock the rows so two admins setting defaults at once serialise here.
+        others = EmailIntegration.objects.select_for_update().filter(is_default=True)
+        if integration.pk:
+            others = others.exclude(pk=integration.pk)
+        others.update(is_default=False)
+    integration.save()
+    if unless_status_in is not None:
+        integration.unless_status_in.set(unless_status_in)
+    if forward_users is not None:
+        integration.forward_ignored_to.set(forward_users)
+    return integration
+
+
+@transaction.atomic
+def delete_integration(*, integration: EmailIntegration) -> None:
+    """Remove an integration; when it was the default, the oldest remaining one takes over."""
+    was_default = integration.is_default
+    integration.delete()
+    if was_default:
+        successor = EmailIntegration.objects.order_by("created_at", "pk").first()
+        if successor is not None:
+            EmailIntegration.objects.filter(pk=successor.pk).update(is_default=True)

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class MailworkerConfig(AppConfig):
+    name = "mailworker"
+    verbose_name = "Mail engine"

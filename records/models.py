@@ -1,0 +1,334 @@
+"""Service records and their message log, the people around them, and what the mail engine
+keeps about each email it has seen (the processed marker and the quarantine)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+from django.db.models.functions import Lower
+
+
+class User(AbstractUser):
+    """Admins and agents are staff; end users are users without staff rights.
+
+    An unregistered sender becomes an end user with an unusable password. The email address is
+    how the mail engine finds a person, so it is unique regardless of case (when set).
+    """
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                Lower("email"),
+                condition=~models.Q(email=""),
+                name="user_email_unique_ci",
+                violation_error_message="Another user already has this email address.",
+            )
+        ]
+
+    @property
+    def is_end_user(self) -> bool:
+        return not self.is_staff
+
+    def __str__(self) -> str:
+        full_name = self.get_full_name()
+        return f"{full_name} <{self.email}>" if full_name and self.email else self.username
+
+
+class Status(models.Model):
+    name = models.CharField(max_length=60, unique=True)
+    order = models.PositiveIntegerField(default=0)
+    is_closed = models.BooleanField(default=False, help_text="Records in this status are done.")
+
+    class Meta:
+        ordering = ["order", "name"]
+        verbose_name_plural = "statuses"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AdminGroup(models.Model):
+    """A team of admins that records are routed to (SysAid's admin group)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="admin_groups")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Category(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "categories"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Priority(models.IntegerChoices):
+    HIGHEST = 1, "Highest"
+    VERY_HIGH = 2, "Very high"
+    HIGH = 3, "High"
+    NORMAL = 4, "Normal"
+    LOW = 5, "Low"
+
+
+class ServiceRecord(models.Model):
+    """A ticket. Its primary key is its number, shown as "#123" in subjects and screens."""
+
+    title = models.CharField(max_length=500)
+    description = models.TextField(blank=True)
+    status = models.ForeignKey(Status, on_delete=models.PROTECT, related_name="records")
+    requester = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="requested_records"
+    )
+    assigned_admin = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="assigned_records",
+    )
+    group = models.ForeignKey(
+        AdminGroup, null=True, blank=True, on_delete=models.SET_NULL, related_name="records"
+    )
+    category = models.ForeignKey(
+        Category, null=True, blank=True, on_delete=models.SET_NULL, related_name="records"
+    )
+    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    source_integration = models.ForeignKey(
+        "integrations.EmailIntegration",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="records",
+        help_text="The integration the record came in through, if it came by email.",
+    )
+    due_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["status", "-updated_at"], name="record_status_updated"),
+            models.Index(fields=["assigned_admin", "status"], name="record_assignee_status"),
+            models.Index(fields=["requester", "-created_at"], name="record_requester_created"),
+            models.Index(fields=["-updated_at"], name="record_updated"),
+        ]
+
+    @property
+    def number(self) -> int:
+        return self.pk
+
+    @property
+    def display_number(self) -> str:
+        return f"#{self.pk}"
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.title}"
+
+
+class Direction(models.TextChoices):
+    INCOMING = "in", "Incoming"
+    OUTGOING = "out", "Outgoing"
+
+
+class Message(models.Model):
+    """One entry of a record's message log: an email received or sent, or an agent's note."""
+
+    record = models.ForeignKey(ServiceRecord, on_delete=models.CASCADE, related_name="messages")
+    direction = models.CharField(max_length=3, choices=Direction.choices)
+    integration = models.ForeignKey(
+        "integrations.EmailIntegration",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="messages",
+    )
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="authored_messages",
+    )
+    from_address = models.CharField(max_length=998, blank=True)
+    to_addresses = models.JSONField(default=list, blank=True)
+    cc_addresses = models.JSONField(default=list, blank=True)
+    subject = models.CharField(max_length=998, blank=True)
+    text_body = models.TextField(blank=True)
+    html_body = models.TextField(blank=True, help_text="Sanitised HTML, safe to show.")
+    message_id = models.CharField(max_length=998, blank=True)
+    in_reply_to = models.CharField(max_length=998, blank=True)
+    references = models.TextField(blank=True)
+    date = models.DateTimeField(null=True, blank=True, help_text="The email's Date header.")
+    raw_size = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(fields=["record", "created_at"], name="message_record_created"),
+            # Threading: a reply's In-Reply-To and References are looked up here.
+            models.Index(fields=["message_id"], name="message_message_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_direction_display()} {self.subject!r} on #{self.record_id}"
+
+
+def attachment_path(instance: Attachment, filename: str) -> str:
+    return f"attachments/{instance.message.record_id}/{instance.message_id}/{filename}"
+
+
+class Attachment(models.Model):
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attachments")
+    file = models.FileField(upload_to=attachment_path, max_length=500)
+    filename = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=255, default="application/octet-stream")
+    size = models.PositiveBigIntegerField(default=0)
+    content_id = models.CharField(
+        max_length=255, blank=True, help_text="Set for inline images referenced as cid: in HTML."
+    )
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.filename
+
+
+class EmailRule(models.Model):
+    """Routes and assigns new records by what their first email says; applied in order."""
+
+    class Match(models.TextChoices):
+        ALL = "all", "All conditions"
+        ANY = "any", "Any condition"
+
+    name = models.CharField(max_length=200, unique=True)
+    order = models.PositiveIntegerField(default=0)
+    is_active = models.BooleanField(default=True)
+    match = models.CharField(max_length=3, choices=Match.choices, default=Match.ALL)
+    set_group = models.ForeignKey(AdminGroup, null=True, blank=True, on_delete=models.SET_NULL)
+    set_category = models.ForeignKey(Category, null=True, blank=True, on_delete=models.SET_NULL)
+    set_priority = models.PositiveSmallIntegerField(
+        choices=Priority.choices, null=True, blank=True
+    )
+    assign_admin = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        limit_choices_to={"is_staff": True},
+        related_name="+",
+    )
+    stop_processing = models.BooleanField(
+        default=False, help_text="When this rule matches, later rules are not applied."
+    )
+
+    class Meta:
+        ordering = ["order", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class EmailRuleCondition(models.Model):
+    class Field(models.TextChoices):
+        SENDER = "sender", "Sender address"
+        RECIPIENT = "recipient", "Recipient address"
+        SUBJECT = "subject", "Subject"
+        BODY = "body", "Body"
+
+    class Operator(models.TextChoices):
+        CONTAINS = "contains", "contains"
+        EQUALS = "equals", "equals"
+        STARTS_WITH = "starts_with", "starts with"
+        ENDS_WITH = "ends_with", "ends with"
+        REGEX = "regex", "matches regex"
+
+    rule = models.ForeignKey(EmailRule, on_delete=models.CASCADE, related_name="conditions")
+    field = models.CharField(max_length=10, choices=Field.choices)
+    operator = models.CharField(max_length=12, choices=Operator.choices, default=Operator.CONTAINS)
+    value = models.CharField(max_length=500)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_field_display()} {self.get_operator_display()} {self.value!r}"
+
+
+class Quarantine(models.Model):
+    """An email that could not be processed, kept whole so nothing is lost."""
+
+    integration = models.ForeignKey(
+        "integrations.EmailIntegration",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="quarantined",
+    )
+    raw_email = models.BinaryField()
+    reason = models.TextField()
+    from_address = models.CharField(max_length=998, blank=True)
+    subject = models.CharField(max_length=998, blank=True)
+    message_id = models.CharField(max_length=998, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        verbose_name_plural = "quarantine"
+        indexes = [models.Index(fields=["-received_at"], name="quarantine_received")]
+
+    def __str__(self) -> str:
+        return f"{self.subject!r} from {self.from_address}: {self.reason}"
+
+
+class ProcessedEmail(models.Model):
+    """The processed marker: this integration has already handled this email.
+
+    `key` is the SHA-256 of the Message-ID, or of the raw bytes when there is none, so a
+    message fetched again after a crash between commit and ack is recognised and only acked.
+    """
+
+    class Outcome(models.TextChoices):
+        CREATED = "created", "Created a record"
+        APPENDED = "appended", "Added to a record's message log"
+        IGNORED = "ignored", "Ignored"
+        DUPLICATE = "duplicate", "Duplicate"
+        QUARANTINED = "quarantined", "Quarantined"
+
+    integration = models.ForeignKey(
+        "integrations.EmailIntegration", on_delete=models.CASCADE, related_name="processed"
+    )
+    key = models.CharField(max_length=64)
+    message_id = models.CharField(max_length=998, blank=True)
+    fingerprint = models.CharField(
+        max_length=64, blank=True, help_text="SHA-256 of sender, subject and body (duplicates)."
+    )
+    outcome = models.CharField(max_length=12, choices=Outcome.choices)
+    record = models.ForeignKey(
+        ServiceRecord, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    processed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["integration", "key"], name="processed_email_unique")
+        ]
+        indexes = [
+            models.Index(fields=["fingerprint", "-processed_at"], name="processed_fingerprint"),
+            models.Index(fields=["-processed_at"], name="processed_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key[:12]} ({self.outcome})"

@@ -1,0 +1,23 @@
+"""The Celery app: configured from Django settings (CELERY_*), tasks found in the apps."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "servicedesk.settings")
+
+app = Celery("servicedesk")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@app.on_after_finalize.connect
+def schedule_periodic_tasks(sender: Celery, **_kwargs: object) -> None:
+    """Beat's fixed schedule; per-integration polling is added by the mail engine."""
+    from django.conf import settings
+
+    sender.add_periodic_task(
+        float(settings.HEARTBEAT_INTERVAL_SECONDS),
+        sender.signature("mailworker.tasks.record_heartbeat"),
+        name="worker heartbeat",
+    )

@@ -1,0 +1,161 @@
+"""Settings: read once, here, from the environment (twelve-factor, django-environ).
+
+With no environment at all the desk runs on its embedded default: SQLite and kombu's
+filesystem broker under DATA_DIR, bound to loopback. Anything that looks like production
+(a non-loopback host in ALLOWED_HOSTS) must be configured safely, or start is refused with a
+message that names the variable to fix; see `servicedesk.configuration`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+from servicedesk.configuration import (
+    broker_settings,
+    check_production_settings,
+    database_settings,
+    derive_field_encryption_keys,
+    load_or_create_local_secret_key,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# A .env file beside manage.py is read when present (handy for `make run`); the real
+# environment always wins over it.
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "var"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# No SECRET_KEY in the environment: on loopback only, a random key is generated once and kept
+# in DATA_DIR, so the embedded default never runs on a key that anyone else knows.
+_secret_key_from_env = env.str("SECRET_KEY", default="")
+SECRET_KEY = _secret_key_from_env or load_or_create_local_secret_key(DATA_DIR)
+
+EDITION = env.str("EDITION", default="full").strip().lower()
+
+# Fernet keys for passwords and tokens at rest; the first encrypts, all decrypt (rotation).
+_field_encryption_key = env.str("FIELD_ENCRYPTION_KEY", default="")
+FIELD_ENCRYPTION_KEYS = derive_field_encryption_keys(
+    field_encryption_key=_field_encryption_key, secret_key=SECRET_KEY
+)
+
+check_production_settings(
+    debug=DEBUG,
+    allowed_hosts=ALLOWED_HOSTS,
+    secret_key_from_env=_secret_key_from_env,
+    edition=EDITION,
+)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "records",
+    "integrations",
+    "mailworker",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "servicedesk.urls"
+WSGI_APPLICATION = "servicedesk.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "servicedesk.context_processors.product",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": database_settings(
+        env.str("DATABASE_URL", default=""), sqlite_path=DATA_DIR / "servicedesk.sqlite3"
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "records.User"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "servicedesk" / "static"]
+# The embedded default serves static files without a collectstatic step.
+WHITENOISE_USE_FINDERS = True
+MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(DATA_DIR / "media")))
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+if env.bool("BEHIND_TLS_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# Celery: the embedded default is kombu's filesystem transport, which needs no server.
+_broker = broker_settings(env.str("CELERY_BROKER_URL", default=""), data_dir=DATA_DIR)
+CELERY_BROKER_URL = _broker.url
+CELERY_BROKER_TRANSPORT_OPTIONS = _broker.transport_options
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+HEARTBEAT_INTERVAL_SECONDS = env.int("HEARTBEAT_INTERVAL_SECONDS", default=30)
+# /healthz is unhealthy when the last worker heartbeat is older than this.
+HEARTBEAT_MAX_AGE_SECONDS = env.int("HEARTBEAT_MAX_AGE_SECONDS", default=120)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

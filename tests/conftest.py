@@ -1,0 +1,153 @@
+"""Fixtures shared by the whole suite: people, integrations, and the real servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Permission
+
+from integrations.models import EmailIntegration
+from integrations.services import Secrets, save_integration
+
+# Playwright's sync API runs an event loop in the test thread; Django's ORM calls made by the
+# same tests are still synchronous and safe.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ADMIN_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def _media_in_tmp(settings: Any, tmp_path: Path) -> None:
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, *, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+# People ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin_user(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_superuser(
+        username="admin", email="admin@desk.test", password=ADMIN_PASSWORD
+    )
+
+
+@pytest.fixture
+def make_staff(django_user_model: Any) -> Callable[..., Any]:
+    """A staff user holding exactly the named permissions (codename in integrations)."""
+
+    def make(username: str = "agent", *codenames: str) -> Any:
+        user = django_user_model.objects.create_user(
+            username=username, email=f"{username}@desk.test", password=ADMIN_PASSWORD, is_staff=True
+        )
+        if codenames:
+            user.user_permissions.set(
+                Permission.objects.filter(content_type__app_label="integrations", codename__in=codenames)
+            )
+        return user
+
+    return make
+
+
+@pytest.fixture
+def end_user(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user(
+        username="enduser", email="jane@customer.test", password=ADMIN_PASSWORD
+    )
+
+
+# Integrations ---------------------------------------------------------------------------
+
+
+def incoming_imap(**overrides: Any) -> dict[str, Any]:
+    values = {
+        "name": "Support",
+        "incoming_enabled": True,
+        "incoming_protocol": "imap",
+        "incoming_server": "mail.example.com",
+        "incoming_encryption": "ssl",
+        "incoming_username": "support@example.com",
+    }
+    values.update(overrides)
+    return values
+
+
+def outgoing_smtp(**overrides: Any) -> dict[str, Any]:
+    values = {
+        "name": "Outbound",
+        "outgoing_enabled": True,
+        "email_address": "support@example.com",
+        "smtp_host": "smtp.example.com",
+        "smtp_encryption": "tls",
+    }
+    values.update(overrides)
+    return values
+
+
+@pytest.fixture
+def make_integration(db: Any) -> Callable[..., EmailIntegration]:
+    """Create an integration through the service, as the screens and the import do."""
+
+    def make(
+        *, incoming_password: str | None = "mailbox-secret", smtp_password: str | None = None,
+        **fields: Any,
+    ) -> EmailIntegration:
+        if not fields:
+            fields = incoming_imap()
+        return save_integration(
+            integration=EmailIntegration(**fields),
+            secrets=Secrets(incoming_password=incoming_password, smtp_password=smtp_password),
+        )
+
+    return make
+
+
+# Real servers ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis: REDIS_URL when set (CI uses the local one), else our own on a free port."""
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed: run `make test`, which installs it")
+    port = free_port()
+    process = subprocess.Popen(
+        [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
