@@ -134,7 +134,10 @@ def database_settings(database_url: str, *, sqlite_path: Path) -> dict[str, Any]
     """DATABASE_URL as Django database settings; SQLite under DATA_DIR when unset."""
     if not database_url:
         database_url = f"sqlite:///{sqlite_path}"
+    scheme = database_url.split("://", 1)[0]
     try:
+        if scheme not in environ.Env.DB_SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}")
         config = environ.Env.db_url_config(database_url)
     except (ImproperlyConfigured, KeyError, ValueError) as exc:
         raise ImproperlyConfigured(

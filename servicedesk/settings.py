@@ -121,6 +121,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "servicedesk" / "static"]
 # The embedded default serves static files without a collectstatic step.
 WHITENOISE_USE_FINDERS = True
