@@ -40,7 +40,8 @@ class SecretField(forms.CharField):
         kwargs.setdefault("required", False)
         kwargs.setdefault("strip", False)
         kwargs.setdefault(
-            "widget", forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
+            "widget",
+            forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         )
         super().__init__(**kwargs)
 

@@ -159,7 +159,10 @@ class EmailIntegration(models.Model):
         verbose_name="unless the record's status is",
     )
     ignore_senders = models.JSONField(
-        "ignore emails from", default=list, blank=True, help_text="Addresses and domains, at most 20."
+        "ignore emails from",
+        default=list,
+        blank=True,
+        help_text="Addresses and domains, at most 20.",
     )
     ignore_subject_regex = models.CharField(
         "ignore emails whose subject matches", max_length=1000, blank=True
@@ -185,9 +188,7 @@ class EmailIntegration(models.Model):
     copy_incoming_to = models.EmailField(
         "send a copy of incoming emails to", blank=True, help_text="Enterprise edition."
     )
-    remove_emojis = models.BooleanField(
-        "remove emojis from subject and body", default=True
-    )
+    remove_emojis = models.BooleanField("remove emojis from subject and body", default=True)
 
     # OAuth 2.0 (Microsoft 365, Google); the connect flow fills the tokens.
     oauth_tenant = models.CharField("tenant", max_length=255, blank=True)
@@ -359,7 +360,10 @@ class EmailIntegration(models.Model):
             add("incoming_folder", "Enter the IMAP folder to read, e.g. INBOX.")
         if self.uses_oauth and not self.oauth_client_id.strip():
             add("oauth_client_id", "Enter the client id of the app registered with the provider.")
-        if self.incoming_protocol == IncomingProtocol.MICROSOFT365 and not self.oauth_tenant.strip():
+        if (
+            self.incoming_protocol == IncomingProtocol.MICROSOFT365
+            and not self.oauth_tenant.strip()
+        ):
             add("oauth_tenant", "Enter the Microsoft 365 tenant (its id or domain).")
 
     def _clean_outgoing(self, add) -> None:
@@ -382,8 +386,11 @@ class EmailIntegration(models.Model):
         try:
             codecs.lookup(self.outgoing_charset)
         except LookupError:
-            add("outgoing_charset", "Unknown charset %(charset)s; utf-8 is the usual choice.",
-                charset=self.outgoing_charset)
+            add(
+                "outgoing_charset",
+                "Unknown charset %(charset)s; utf-8 is the usual choice.",
+                charset=self.outgoing_charset,
+            )
 
     def _clean_advanced(self, errors, add) -> None:
         for field, limit in (
@@ -391,12 +398,18 @@ class EmailIntegration(models.Model):
             ("whitelist_senders", None),
         ):
             try:
-                setattr(self, field, validate_sender_list(list(getattr(self, field) or []), limit=limit))
+                setattr(
+                    self, field, validate_sender_list(list(getattr(self, field) or []), limit=limit)
+                )
             except ValidationError as exc:
                 errors.setdefault(field, []).append(exc)
         # Exempt senders may be usernames as well as addresses.
         self.duplicate_exempt_senders = sorted(
-            {entry.strip().lower() for entry in self.duplicate_exempt_senders or [] if entry.strip()}
+            {
+                entry.strip().lower()
+                for entry in self.duplicate_exempt_senders or []
+                if entry.strip()
+            }
         )
         try:
             validate_subject_regex(self.ignore_subject_regex)

@@ -88,9 +88,10 @@ def save_integration(
     transaction; the first integration ever saved becomes the default by itself.
     """
     _apply_secrets(integration, secrets)
-    if not integration.is_default and not EmailIntegration.objects.filter(is_default=True).exclude(
-        pk=integration.pk
-    ).exists():
+    if (
+        not integration.is_default
+        and not EmailIntegration.objects.filter(is_default=True).exclude(pk=integration.pk).exists()
+    ):
         integration.is_default = True
     integration.full_clean(validate_constraints=False)
     check_edition_limits(integration=integration)

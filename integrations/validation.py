@@ -79,7 +79,9 @@ def validate_subject_regex(pattern: str) -> None:
 
 def is_microsoft_basic_auth_host(server: str) -> bool:
     host = server.strip().lower().rstrip(".")
-    return any(host == domain or host.endswith("." + domain) for domain in MICROSOFT_BASIC_AUTH_DOMAINS)
+    return any(
+        host == domain or host.endswith("." + domain) for domain in MICROSOFT_BASIC_AUTH_DOMAINS
+    )
 
 
 MICROSOFT_BASIC_AUTH_MESSAGE = (

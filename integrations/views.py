@@ -82,8 +82,9 @@ class IntegrationFormView(StaffPermissionRequiredMixin, View):
 
     def render(self, form: EmailIntegrationForm, status: int = 200) -> HttpResponse:
         context = {"form": form, "integration": form.instance, "limits": current_limits()}
-        return render(request=self.request, template_name=self.template_name, context=context,
-                      status=status)
+        return render(
+            request=self.request, template_name=self.template_name, context=context, status=status
+        )
 
 
 class IntegrationDeleteView(StaffPermissionRequiredMixin, View):

@@ -52,7 +52,9 @@ class AdminGroup(models.Model):
     """A team of admins that records are routed to (SysAid's admin group)."""
 
     name = models.CharField(max_length=100, unique=True)
-    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="admin_groups")
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="admin_groups"
+    )
 
     class Meta:
         ordering = ["name"]
@@ -124,6 +126,9 @@ class ServiceRecord(models.Model):
             models.Index(fields=["-updated_at"], name="record_updated"),
         ]
 
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.title}"
+
     @property
     def number(self) -> int:
         return self.pk
@@ -131,9 +136,6 @@ class ServiceRecord(models.Model):
     @property
     def display_number(self) -> str:
         return f"#{self.pk}"
-
-    def __str__(self) -> str:
-        return f"#{self.pk} {self.title}"
 
 
 class Direction(models.TextChoices):
@@ -219,9 +221,7 @@ class EmailRule(models.Model):
     match = models.CharField(max_length=3, choices=Match.choices, default=Match.ALL)
     set_group = models.ForeignKey(AdminGroup, null=True, blank=True, on_delete=models.SET_NULL)
     set_category = models.ForeignKey(Category, null=True, blank=True, on_delete=models.SET_NULL)
-    set_priority = models.PositiveSmallIntegerField(
-        choices=Priority.choices, null=True, blank=True
-    )
+    set_priority = models.PositiveSmallIntegerField(choices=Priority.choices, null=True, blank=True)
     assign_admin = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,

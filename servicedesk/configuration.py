@@ -24,9 +24,7 @@ LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1", "testserver"}
 # Values that appear in examples and must never be used as a real key.
 PLACEHOLDER_SECRET_KEYS = {"", "change-me", "changeme", "secret", "insecure", "django-insecure"}
 MIN_SECRET_KEY_LENGTH = 50
-GENERATE_KEY_HINT = (
-    "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
-)
+GENERATE_KEY_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
 
 
 def is_public_host(host: str) -> bool:

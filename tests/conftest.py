@@ -67,7 +67,9 @@ def make_staff(django_user_model: Any) -> Callable[..., Any]:
         )
         if codenames:
             user.user_permissions.set(
-                Permission.objects.filter(content_type__app_label="integrations", codename__in=codenames)
+                Permission.objects.filter(
+                    content_type__app_label="integrations", codename__in=codenames
+                )
             )
         return user
 
@@ -114,7 +116,9 @@ def make_integration(db: Any) -> Callable[..., EmailIntegration]:
     """Create an integration through the service, as the screens and the import do."""
 
     def make(
-        *, incoming_password: str | None = "mailbox-secret", smtp_password: str | None = None,
+        *,
+        incoming_password: str | None = "mailbox-secret",
+        smtp_password: str | None = None,
         **fields: Any,
     ) -> EmailIntegration:
         if not fields:

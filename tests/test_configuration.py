@@ -27,15 +27,26 @@ def start_django(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedPro
     """`manage.py check` in a clean environment: what a container does at start."""
     base = {"PATH": os.environ["PATH"], "DATA_DIR": str(tmp_path / "data")}
     return subprocess.run(
-        [sys.executable, "manage.py", "check"], cwd=PROJECT_ROOT, env={**base, **env},
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "manage.py", "check"],
+        cwd=PROJECT_ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
 @pytest.mark.parametrize(
     ("host", "public"),
-    [("127.0.0.1", False), ("localhost", False), ("[::1]", False), ("desk.example.com", True),
-     ("10.0.0.5", True), ("*", True), (".example.com", True)],
+    [
+        ("127.0.0.1", False),
+        ("localhost", False),
+        ("[::1]", False),
+        ("desk.example.com", True),
+        ("10.0.0.5", True),
+        ("*", True),
+        (".example.com", True),
+    ],
 )
 def test_public_hosts_are_recognised(host: str, public: bool) -> None:
     assert is_public_host(host) is public
@@ -67,7 +78,10 @@ def test_debug_with_a_public_host_is_refused(tmp_path: Path) -> None:
 def test_a_placeholder_or_weak_secret_key_is_refused(weak: str) -> None:
     with pytest.raises(ImproperlyConfigured, match="SECRET_KEY is a placeholder or too weak"):
         check_production_settings(
-            debug=False, allowed_hosts=["desk.example.com"], secret_key_from_env=weak, edition="full"
+            debug=False,
+            allowed_hosts=["desk.example.com"],
+            secret_key_from_env=weak,
+            edition="full",
         )
 
 
@@ -98,8 +112,12 @@ def test_field_encryption_key_derives_from_secret_key_when_unset() -> None:
     assert first == again != other
 
 
-def test_database_url_chooses_postgresql_and_sqlite_gets_concurrency_options(tmp_path: Path) -> None:
-    postgres = database_settings("postgres://desk:pw@db.internal:5432/servicedesk", sqlite_path=tmp_path / "x")
+def test_database_url_chooses_postgresql_and_sqlite_gets_concurrency_options(
+    tmp_path: Path,
+) -> None:
+    postgres = database_settings(
+        "postgres://desk:pw@db.internal:5432/servicedesk", sqlite_path=tmp_path / "x"
+    )
     assert postgres["ENGINE"] == "django.db.backends.postgresql"
     assert (postgres["HOST"], postgres["NAME"]) == ("db.internal", "servicedesk")
     sqlite = database_settings("", sqlite_path=tmp_path / "desk.sqlite3")

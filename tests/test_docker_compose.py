@@ -35,8 +35,9 @@ def run_config(tmp_path: Path, env_file: str | None) -> subprocess.CompletedProc
     if env_file is not None:
         (tmp_path / "prod.env").write_text(env_file)
         args += ["--env-file", str(tmp_path / "prod.env")]
-    return subprocess.run([*args, "config", "--format", "json"], env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [*args, "config", "--format", "json"], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_compose_accepts_the_file_with_its_variables(tmp_path: Path) -> None:
@@ -49,7 +50,9 @@ def test_compose_accepts_the_file_with_its_variables(tmp_path: Path) -> None:
     config = json.loads(result.stdout)
     assert set(config["services"]) == {"postgres", "redis", "migrate", "web", "worker", "beat"}
     web = config["services"]["web"]
-    assert web["environment"]["DATABASE_URL"].startswith("postgres://servicedesk:pg-secret@postgres")
+    assert web["environment"]["DATABASE_URL"].startswith(
+        "postgres://servicedesk:pg-secret@postgres"
+    )
     assert web["environment"]["CELERY_BROKER_URL"] == "redis://redis:6379/0"
     assert web["environment"]["DEBUG"] == "false"
     assert config["services"]["worker"]["command"][:3] == ["celery", "-A", "servicedesk"]

@@ -18,7 +18,11 @@ def run() -> str:
 
 
 def test_a_random_password_is_generated_printed_and_works(monkeypatch) -> None:
-    for name in ("DJANGO_SUPERUSER_USERNAME", "DJANGO_SUPERUSER_PASSWORD", "DJANGO_SUPERUSER_EMAIL"):
+    for name in (
+        "DJANGO_SUPERUSER_USERNAME",
+        "DJANGO_SUPERUSER_PASSWORD",
+        "DJANGO_SUPERUSER_EMAIL",
+    ):
         monkeypatch.delenv(name, raising=False)
     output = run()
     password = output.split("password: ", 1)[1].split()[0]

@@ -29,7 +29,11 @@ def test_no_worker_heartbeat_yet_is_unhealthy(client: Client) -> None:
     assert response.status_code == 503
     assert body["database"]["ok"] is True
     assert body["broker"]["ok"] is True
-    assert body["worker"] == {"ok": False, "last_heartbeat_age_seconds": None, "max_age_seconds": 120.0}
+    assert body["worker"] == {
+        "ok": False,
+        "last_heartbeat_age_seconds": None,
+        "max_age_seconds": 120.0,
+    }
 
 
 def test_a_fresh_heartbeat_makes_it_healthy(client: Client) -> None:
@@ -41,7 +45,9 @@ def test_a_fresh_heartbeat_makes_it_healthy(client: Client) -> None:
 
 
 def test_a_stale_heartbeat_is_unhealthy(client: Client) -> None:
-    WorkerHeartbeat.objects.create(hostname="worker@old", beat_at=timezone.now() - timedelta(minutes=10))
+    WorkerHeartbeat.objects.create(
+        hostname="worker@old", beat_at=timezone.now() - timedelta(minutes=10)
+    )
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["worker"]["last_heartbeat_age_seconds"] >= 600
@@ -86,12 +92,23 @@ def test_make_run_processes_become_healthy_and_stop_together(tmp_path: Path) -> 
         "DATABASE_URL": "",
         "CELERY_BROKER_URL": "",
     }
-    subprocess.run([f"{venv_bin}/python", "manage.py", "migrate", "--noinput"], cwd=PROJECT_ROOT,
-                   env=env, check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [f"{venv_bin}/python", "manage.py", "migrate", "--noinput"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     log = (tmp_path / "honcho.log").open("w")
-    honcho = subprocess.Popen([f"{venv_bin}/honcho", "--procfile", "Procfile", "start"],
-                              cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    honcho = subprocess.Popen(
+        [f"{venv_bin}/honcho", "--procfile", "Procfile", "start"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 90
         status, body = 0, {}

@@ -97,8 +97,15 @@ def test_outgoing_needs_address_and_host() -> None:
 
 @pytest.mark.parametrize(
     ("protocol", "encryption", "port"),
-    [("imap", "ssl", 993), ("imap", "tls", 143), ("imap", "tls1.2", 143), ("imap", "none", 143),
-     ("pop3", "ssl", 995), ("pop3", "tls", 110), ("pop3", "none", 110)],
+    [
+        ("imap", "ssl", 993),
+        ("imap", "tls", 143),
+        ("imap", "tls1.2", 143),
+        ("imap", "none", 143),
+        ("pop3", "ssl", 995),
+        ("pop3", "tls", 110),
+        ("pop3", "none", 110),
+    ],
 )
 def test_incoming_port_defaults_from_protocol_and_encryption(protocol, encryption, port) -> None:
     integration = save(**incoming_imap(incoming_protocol=protocol, incoming_encryption=encryption))
@@ -106,7 +113,9 @@ def test_incoming_port_defaults_from_protocol_and_encryption(protocol, encryptio
     assert integration.effective_incoming_port == port
 
 
-@pytest.mark.parametrize(("encryption", "port"), [("ssl", 465), ("tls", 587), ("tls1.2", 587), ("none", 25)])
+@pytest.mark.parametrize(
+    ("encryption", "port"), [("ssl", 465), ("tls", 587), ("tls1.2", 587), ("none", 25)]
+)
 def test_smtp_port_defaults_from_encryption(encryption, port) -> None:
     integration = save(**outgoing_smtp(smtp_encryption=encryption))
     assert integration.effective_smtp_port == port
@@ -124,7 +133,8 @@ def test_port_out_of_range_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "server", ["outlook.office365.com", "imap.outlook.com", "EXCHANGE.MICROSOFT.COM", "x.office365.com."]
+    "server",
+    ["outlook.office365.com", "imap.outlook.com", "EXCHANGE.MICROSOFT.COM", "x.office365.com."],
 )
 @pytest.mark.parametrize("protocol", ["imap", "pop3"])
 def test_basic_auth_to_microsoft_is_refused_and_points_to_oauth(server, protocol) -> None:
@@ -148,13 +158,19 @@ def test_smtp_to_microsoft_needs_the_oauth_protocol() -> None:
 
 def test_microsoft_oauth_needs_tenant_and_client_id_but_no_password() -> None:
     with pytest.raises(ValidationError) as exc_info:
-        save(**incoming_imap(incoming_protocol="microsoft365", incoming_server="", incoming_password=""))
+        save(
+            **incoming_imap(
+                incoming_protocol="microsoft365", incoming_server="", incoming_password=""
+            )
+        )
     errors = errors_of(exc_info)
     assert {"oauth_tenant", "oauth_client_id"} <= errors.keys()
     assert "incoming_password" not in errors
     integration = save(
         **incoming_imap(
-            incoming_protocol="microsoft365", incoming_server="", oauth_tenant="contoso.onmicrosoft.com",
+            incoming_protocol="microsoft365",
+            incoming_server="",
+            oauth_tenant="contoso.onmicrosoft.com",
             oauth_client_id="00000000-0000-0000-0000-000000000001",
         ),
         incoming_password="",
@@ -171,7 +187,9 @@ def test_twenty_ignored_senders_pass_and_twenty_one_are_refused() -> None:
 
 
 def test_ignore_list_takes_addresses_and_domains_normalised() -> None:
-    integration = save(**incoming_imap(ignore_senders=[" Noreply@Example.COM ", "@spam.test", "bulk.test"]))
+    integration = save(
+        **incoming_imap(ignore_senders=[" Noreply@Example.COM ", "@spam.test", "bulk.test"])
+    )
     assert integration.ignore_senders == ["noreply@example.com", "@spam.test", "bulk.test"]
 
 
@@ -183,7 +201,9 @@ def test_ignore_list_names_the_bad_entries() -> None:
 
 
 def test_java_style_inline_flags_compile() -> None:
-    integration = save(**incoming_imap(ignore_subject_regex="(?iu)(out of office)|(?iu)(automatic reply)"))
+    integration = save(
+        **incoming_imap(ignore_subject_regex="(?iu)(out of office)|(?iu)(automatic reply)")
+    )
     assert integration.ignore_subject_regex.startswith("(?iu)")
 
 
@@ -254,7 +274,9 @@ class TestEditions:
             save(**incoming_imap(name=f"In {number}", incoming_username=f"{number}@example.com"))
         assert EmailIntegration.objects.filter(incoming_enabled=True).count() == 4
 
-    @pytest.mark.parametrize(("edition", "allowed"), [("basic", False), ("full", False), ("enterprise", True)])
+    @pytest.mark.parametrize(
+        ("edition", "allowed"), [("basic", False), ("full", False), ("enterprise", True)]
+    )
     def test_copy_of_incoming_emails_is_enterprise_only(self, settings, edition, allowed) -> None:
         settings.EDITION = edition
         if allowed:

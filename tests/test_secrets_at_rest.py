@@ -14,7 +14,10 @@ from tests.conftest import incoming_imap
 pytestmark = pytest.mark.django_db
 
 SECRET_COLUMNS = (
-    "incoming_password", "smtp_password", "oauth_client_secret", "oauth_refresh_token",
+    "incoming_password",
+    "smtp_password",
+    "oauth_client_secret",
+    "oauth_refresh_token",
     "oauth_access_token",
 )
 
@@ -29,16 +32,25 @@ def raw_row(pk: int) -> dict[str, str]:
 
 def test_the_database_row_holds_no_secret_in_clear(make_integration) -> None:
     integration = make_integration(
-        incoming_password="imap-pa55word", smtp_password="smtp-pa55word",
-        **incoming_imap(outgoing_enabled=True, email_address="support@example.com",
-                        smtp_host="smtp.example.com", smtp_username="support"),
+        incoming_password="imap-pa55word",
+        smtp_password="smtp-pa55word",
+        **incoming_imap(
+            outgoing_enabled=True,
+            email_address="support@example.com",
+            smtp_host="smtp.example.com",
+            smtp_username="support",
+        ),
     )
     EmailIntegration.objects.filter(pk=integration.pk).update(
         oauth_refresh_token="refresh-t0ken", oauth_access_token="access-t0ken"
     )
     row = raw_row(integration.pk)
-    for column, clear in (("incoming_password", "imap-pa55word"), ("smtp_password", "smtp-pa55word"),
-                          ("oauth_refresh_token", "refresh-t0ken"), ("oauth_access_token", "access-t0ken")):
+    for column, clear in (
+        ("incoming_password", "imap-pa55word"),
+        ("smtp_password", "smtp-pa55word"),
+        ("oauth_refresh_token", "refresh-t0ken"),
+        ("oauth_access_token", "access-t0ken"),
+    ):
         assert row[column].startswith("fernet:"), column
         assert clear not in row[column]
         assert decrypt_secret(row[column]) == clear
@@ -49,7 +61,9 @@ def test_the_database_row_holds_no_secret_in_clear(make_integration) -> None:
 
 def test_the_same_password_encrypts_differently_each_time(make_integration) -> None:
     first = make_integration(incoming_password="same", **incoming_imap(name="A"))
-    second = make_integration(incoming_password="same", **incoming_imap(name="B", incoming_username="b@example.com"))
+    second = make_integration(
+        incoming_password="same", **incoming_imap(name="B", incoming_username="b@example.com")
+    )
     assert raw_row(first.pk)["incoming_password"] != raw_row(second.pk)["incoming_password"]
 
 

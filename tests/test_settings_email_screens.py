@@ -17,13 +17,25 @@ NEW = "/settings/email/new/"
 
 def form_data(**overrides) -> dict[str, str]:
     data = {
-        "name": "Support", "description": "", "incoming_enabled": "on", "incoming_protocol": "imap",
-        "oauth_mailbox_access": "imap", "incoming_server": "mail.example.com", "incoming_port": "",
-        "incoming_encryption": "ssl", "incoming_username": "support@example.com",
-        "incoming_password": "s3cret-imap", "incoming_folder": "INBOX", "poll_interval_seconds": "60",
-        "remove_emojis": "on", "outgoing_protocol": "smtp", "smtp_encryption": "tls",
-        "outgoing_encoding": "quoted-printable", "outgoing_content_type": "html",
-        "outgoing_charset": "utf-8", "verify_certificates": "on",
+        "name": "Support",
+        "description": "",
+        "incoming_enabled": "on",
+        "incoming_protocol": "imap",
+        "oauth_mailbox_access": "imap",
+        "incoming_server": "mail.example.com",
+        "incoming_port": "",
+        "incoming_encryption": "ssl",
+        "incoming_username": "support@example.com",
+        "incoming_password": "s3cret-imap",
+        "incoming_folder": "INBOX",
+        "poll_interval_seconds": "60",
+        "remove_emojis": "on",
+        "outgoing_protocol": "smtp",
+        "smtp_encryption": "tls",
+        "outgoing_encoding": "quoted-printable",
+        "outgoing_content_type": "html",
+        "outgoing_charset": "utf-8",
+        "verify_certificates": "on",
     }
     data.update(overrides)
     return {key: value for key, value in data.items() if value is not None}
@@ -47,7 +59,9 @@ def test_staff_without_permissions_are_refused(client: Client, make_staff) -> No
     assert client.get(LIST).status_code == 403
 
 
-def test_view_permission_shows_the_list_but_not_the_forms(client: Client, make_staff, make_integration) -> None:
+def test_view_permission_shows_the_list_but_not_the_forms(
+    client: Client, make_staff, make_integration
+) -> None:
     integration = make_integration()
     client.force_login(make_staff("viewer", "view_emailintegration"))
     response = client.get(LIST)
@@ -102,8 +116,9 @@ def test_an_empty_password_on_edit_keeps_the_stored_one(client: Client, admin_us
     client.force_login(admin_user)
     client.post(NEW, form_data())
     integration = EmailIntegration.objects.get()
-    response = client.post(f"/settings/email/{integration.pk}/",
-                           form_data(incoming_password="", description="changed"))
+    response = client.post(
+        f"/settings/email/{integration.pk}/", form_data(incoming_password="", description="changed")
+    )
     assert response.status_code == 302
     integration.refresh_from_db()
     assert (integration.description, integration.incoming_password) == ("changed", "s3cret-imap")
@@ -112,7 +127,9 @@ def test_an_empty_password_on_edit_keeps_the_stored_one(client: Client, admin_us
     assert integration.incoming_password == "new-one"
 
 
-def test_a_bad_value_is_shown_next_to_its_field_and_nothing_is_saved(client: Client, admin_user) -> None:
+def test_a_bad_value_is_shown_next_to_its_field_and_nothing_is_saved(
+    client: Client, admin_user
+) -> None:
     client.force_login(admin_user)
     response = client.post(NEW, form_data(incoming_server="outlook.office365.com"))
     assert response.status_code == 400
@@ -120,20 +137,28 @@ def test_a_bad_value_is_shown_next_to_its_field_and_nothing_is_saved(client: Cli
     assert not EmailIntegration.objects.exists()
 
 
-def test_the_edition_limit_is_shown_on_the_form(client: Client, admin_user, settings, make_integration) -> None:
+def test_the_edition_limit_is_shown_on_the_form(
+    client: Client, admin_user, settings, make_integration
+) -> None:
     settings.EDITION = "basic"
     make_integration(**incoming_imap(name="One", incoming_username="1@example.com"))
     make_integration(**incoming_imap(name="Two", incoming_username="2@example.com"))
     client.force_login(admin_user)
     response = client.post(NEW, form_data(name="Three", incoming_username="3@example.com"))
     assert response.status_code == 400
-    assert "basic edition allows 2 incoming" in response.context["form"].errors["incoming_enabled"][0]
+    assert (
+        "basic edition allows 2 incoming" in response.context["form"].errors["incoming_enabled"][0]
+    )
 
 
-def test_setting_a_second_default_moves_the_mark(client: Client, admin_user, make_integration) -> None:
+def test_setting_a_second_default_moves_the_mark(
+    client: Client, admin_user, make_integration
+) -> None:
     first = make_integration(**incoming_imap(name="First"))
     client.force_login(admin_user)
-    client.post(NEW, form_data(name="Second", incoming_username="second@example.com", is_default="on"))
+    client.post(
+        NEW, form_data(name="Second", incoming_username="second@example.com", is_default="on")
+    )
     first.refresh_from_db()
     assert first.is_default is False
     assert EmailIntegration.objects.get(name="Second").is_default is True
@@ -151,10 +176,17 @@ def test_delete_asks_first_then_deletes(client: Client, admin_user, make_integra
     assert not EmailIntegration.objects.filter(pk=integration.pk).exists()
 
 
-def test_the_list_shows_direction_protocol_and_last_error(client: Client, admin_user, make_integration) -> None:
-    integration = make_integration(**incoming_imap(outgoing_enabled=True, email_address="help@example.com",
-                                                   smtp_host="smtp.example.com"))
-    EmailIntegration.objects.filter(pk=integration.pk).update(last_error="Login failed: bad password")
+def test_the_list_shows_direction_protocol_and_last_error(
+    client: Client, admin_user, make_integration
+) -> None:
+    integration = make_integration(
+        **incoming_imap(
+            outgoing_enabled=True, email_address="help@example.com", smtp_host="smtp.example.com"
+        )
+    )
+    EmailIntegration.objects.filter(pk=integration.pk).update(
+        last_error="Login failed: bad password"
+    )
     client.force_login(admin_user)
     row = client.get(LIST).text
     assert "Both" in row and "IMAP · SMTP" in row and "help@example.com" in row
