@@ -393,10 +393,17 @@ class EmailIntegration(models.Model):
             )
 
     def _clean_advanced(self, errors, add) -> None:
+        for field in ("ignore_senders", "whitelist_senders", "duplicate_exempt_senders"):
+            value = getattr(self, field)
+            if not isinstance(value, list) or not all(isinstance(e, str) for e in value):
+                add(field, "Enter a list of addresses and domains.")
+                setattr(self, field, [])
         for field, limit in (
             ("ignore_senders", MAX_IGNORED_SENDERS),
             ("whitelist_senders", None),
         ):
+            if field in errors:
+                continue
             try:
                 setattr(
                     self, field, validate_sender_list(list(getattr(self, field) or []), limit=limit)

@@ -48,13 +48,24 @@ def addresses_read_by_incoming_integrations(*, exclude_pk: int | None = None) ->
     return addresses
 
 
+def _own_addresses(integration: EmailIntegration) -> set[str]:
+    if not integration.incoming_enabled:
+        return set()
+    return {
+        address.strip().lower()
+        for address in (integration.incoming_username, integration.email_address)
+        if "@" in address
+    }
+
+
 def validate_forward_ignored_to(*, integration: EmailIntegration, users: Iterable) -> None:
-    """Forwarded ignored emails must reach a person, not loop back into a desk mailbox."""
+    """Forwarded ignored emails must reach a person, not loop back into a desk mailbox.
+
+    Checked both ways: this integration's recipients against every address the desk reads,
+    and this integration's own addresses against what other integrations forward to.
+    """
     read_here = addresses_read_by_incoming_integrations(exclude_pk=integration.pk)
-    if integration.incoming_enabled:
-        for address in (integration.incoming_username, integration.email_address):
-            if "@" in address:
-                read_here.add(address.strip().lower())
+    read_here |= _own_addresses(integration)
     problems = []
     for user in users:
         email = (user.email or "").strip().lower()
@@ -72,6 +83,28 @@ def validate_forward_ignored_to(*, integration: EmailIntegration, users: Iterabl
                 )
             }
         )
+    own = _own_addresses(integration)
+    if not own:
+        return
+    forwarded_elsewhere = (
+        EmailIntegration.forward_ignored_to.through.objects.exclude(
+            emailintegration_id=integration.pk
+        )
+        .select_related("emailintegration", "user")
+        .filter(user__email__isnull=False)
+    )
+    for link in forwarded_elsewhere:
+        if (link.user.email or "").strip().lower() in own:
+            raise ValidationError(
+                {
+                    "incoming_username": ValidationError(
+                        "Integration “%(other)s” forwards ignored emails to %(address)s; reading "
+                        "that mailbox here would loop them back. Use another mailbox, or change "
+                        "that integration's forwarding first.",
+                        params={"other": link.emailintegration.name, "address": link.user.email},
+                    )
+                }
+            )
 
 
 @transaction.atomic
@@ -96,8 +129,12 @@ def save_integration(
     integration.full_clean(validate_constraints=False)
     check_edition_limits(integration=integration)
     forward_users = list(forward_ignored_to) if forward_ignored_to is not None else None
-    if forward_users is not None:
-        validate_forward_ignored_to(integration=integration, users=forward_users)
+    # Check the stored recipients too when they are not being replaced: a changed mailbox
+    # address can turn an existing recipient into a loop.
+    recipients_to_check = forward_users
+    if recipients_to_check is None:
+        recipients_to_check = list(integration.forward_ignored_to.all()) if integration.pk else []
+    validate_forward_ignored_to(integration=integration, users=recipients_to_check)
     if integration.is_default:
         # Lock the rows so two admins setting defaults at once serialise here.
         others = EmailIntegration.objects.select_for_update().filter(is_default=True)

@@ -59,3 +59,12 @@ def get_or_create_end_user(*, email: str, display_name: str = "") -> tuple[User,
             raise
         return existing, False
     return user, True
+
+
+def ensure_default_statuses() -> None:
+    """Create any of the default statuses that is missing (the migration does this once)."""
+    from records.defaults import DEFAULT_STATUSES
+    from records.models import Status
+
+    for name, order, is_closed in DEFAULT_STATUSES:
+        Status.objects.get_or_create(name=name, defaults={"order": order, "is_closed": is_closed})

@@ -17,17 +17,41 @@ from django.contrib.auth.models import Permission
 from integrations.models import EmailIntegration
 from integrations.services import Secrets, save_integration
 
-# Playwright's sync API runs an event loop in the test thread; Django's ORM calls made by the
-# same tests are still synchronous and safe.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+pytest_plugins = ["tests.browser"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    # PBKDF2 at Django's cost takes about 0.45 s a hash on these machines; what the tests check
+    # does not depend on the hasher.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def _media_in_tmp(settings: Any, tmp_path: Path) -> None:
     settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture(autouse=True)
+def _default_statuses(request: pytest.FixtureRequest) -> None:
+    """The default statuses come from a data migration; a transactional test (live_server)
+    flushes every table when it ends, so put them back for the tests that follow it."""
+    marker = request.node.get_closest_marker("django_db")
+    names = set(request.fixturenames)
+    if names & {"transactional_db", "live_server"} or (
+        marker is not None and marker.kwargs.get("transaction", False)
+    ):
+        request.getfixturevalue("transactional_db")
+    elif marker is not None or "db" in names:
+        request.getfixturevalue("db")
+    else:
+        return
+    from records.services import ensure_default_statuses
+
+    ensure_default_statuses()
 
 
 def free_port() -> int:

@@ -285,3 +285,35 @@ class TestEditions:
             with pytest.raises(ValidationError) as exc_info:
                 save(**incoming_imap(copy_incoming_to="archive@example.com"))
             assert "enterprise edition" in errors_of(exc_info)["copy_incoming_to"][0]
+
+
+def test_a_mailbox_address_that_another_integration_forwards_to_is_refused(
+    django_user_model,
+) -> None:
+    person = django_user_model.objects.create_user(username="person", email="person@example.com")
+    first = save(**incoming_imap(name="First"))
+    save_integration(integration=first, forward_ignored_to=[person])
+    with pytest.raises(ValidationError) as exc_info:
+        save(**incoming_imap(name="Second", incoming_username="person@example.com"))
+    assert (
+        "“First” forwards ignored emails to person@example.com"
+        in (errors_of(exc_info)["incoming_username"][0])
+    )
+
+
+def test_changing_the_mailbox_onto_a_stored_recipient_is_refused(django_user_model) -> None:
+    person = django_user_model.objects.create_user(username="person", email="person@example.com")
+    integration = save(**incoming_imap())
+    save_integration(integration=integration, forward_ignored_to=[person])
+    integration.incoming_username = "person@example.com"
+    with pytest.raises(ValidationError) as exc_info:
+        save_integration(integration=integration)
+    assert "forward_ignored_to" in errors_of(exc_info)
+
+
+def test_sender_lists_must_be_lists_of_strings() -> None:
+    with pytest.raises(ValidationError) as exc_info:
+        save(**incoming_imap(ignore_senders="spam.test", whitelist_senders=[1, 2]))
+    errors = errors_of(exc_info)
+    assert errors["ignore_senders"] == ["Enter a list of addresses and domains."]
+    assert errors["whitelist_senders"] == ["Enter a list of addresses and domains."]
