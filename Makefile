@@ -11,7 +11,11 @@ TEST_DEBIAN_PACKAGES := chromium redis-server
 .PHONY: run test install install-test system-packages lint format clean
 
 $(VENV)/.installed: pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+		echo "Installing Debian's python3-venv (needed to create .venv)"; rm -rf $(VENV); \
+		$(APT_GET) install -y --no-install-recommends python3-venv \
+		|| { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends python3-venv; }; \
+		$(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
 	@touch $@
