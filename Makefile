@@ -5,8 +5,6 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
-# Debian packages the tests drive for real: the browser and a Redis server of their own.
-TEST_DEBIAN_PACKAGES := chromium redis-server
 
 .PHONY: run test install install-test system-packages lint format clean
 
@@ -33,6 +31,7 @@ system-packages:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	{ test -x /usr/lib/dovecot/imap && test -x /usr/lib/dovecot/pop3; } || missing="$$missing dovecot-imapd dovecot-pop3d"; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:$$missing"; \
 		$(APT_GET) install -y --no-install-recommends $$missing \

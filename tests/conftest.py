@@ -17,7 +17,7 @@ from django.contrib.auth.models import Permission
 from integrations.models import EmailIntegration
 from integrations.services import Secrets, save_integration
 
-pytest_plugins = ["tests.browser"]
+pytest_plugins = ["tests.browser", "tests.dovecot"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "correct horse battery staple"
