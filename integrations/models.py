@@ -249,6 +249,11 @@ class EmailIntegration(models.Model):
     last_success_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
+    subject_regex_timed_out_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the ignore-subject pattern last took too long (counted as no match).",
+    )
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

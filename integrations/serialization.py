@@ -124,6 +124,7 @@ NOT_EXPORTED = frozenset(
         "last_success_at",
         "last_error",
         "last_error_at",
+        "subject_regex_timed_out_at",
         "created_at",
         "updated_at",
     }

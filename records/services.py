@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from django.contrib.auth import get_user_model
+from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
-from records.models import User
+from records.models import Attachment, Message, ServiceRecord, Status, User
+
+if TYPE_CHECKING:
+    from integrations.models import EmailIntegration
 
 USERNAME_MAX_LENGTH = 150
 
@@ -64,7 +71,109 @@ def get_or_create_end_user(*, email: str, display_name: str = "") -> tuple[User,
 def ensure_default_statuses() -> None:
     """Create any of the default statuses that is missing (the migration does this once)."""
     from records.defaults import DEFAULT_STATUSES
-    from records.models import Status
 
     for name, order, is_closed in DEFAULT_STATUSES:
         Status.objects.get_or_create(name=name, defaults={"order": order, "is_closed": is_closed})
+
+
+def default_new_status() -> Status:
+    status = (
+        Status.objects.filter(name="New").first() or Status.objects.filter(is_closed=False).first()
+    )
+    if status is None:
+        ensure_default_statuses()
+        status = Status.objects.get(name="New")
+    return status
+
+
+def create_record(
+    *,
+    title: str,
+    description: str,
+    requester: User,
+    source_integration: EmailIntegration | None = None,
+) -> ServiceRecord:
+    """A new service record in the status New."""
+    title = " ".join(title.split())[:500] or "(no subject)"
+    return ServiceRecord.objects.create(
+        title=title,
+        description=description,
+        requester=requester,
+        status=default_new_status(),
+        source_integration=source_integration,
+    )
+
+
+def add_message(
+    *,
+    record: ServiceRecord,
+    direction: str,
+    from_address: str,
+    subject: str,
+    text_body: str,
+    html_body: str = "",
+    to_addresses: list[str] | None = None,
+    cc_addresses: list[str] | None = None,
+    message_id: str = "",
+    in_reply_to: str = "",
+    references: str = "",
+    date: datetime | None = None,
+    raw_size: int = 0,
+    integration: EmailIntegration | None = None,
+    author: User | None = None,
+) -> Message:
+    """An entry in the record's message log; touching the record moves it up the lists."""
+    message = Message.objects.create(
+        record=record,
+        direction=direction,
+        from_address=from_address[:998],
+        subject=subject[:998],
+        text_body=text_body,
+        html_body=html_body,
+        to_addresses=to_addresses or [],
+        cc_addresses=cc_addresses or [],
+        message_id=message_id[:998],
+        in_reply_to=in_reply_to[:998],
+        references=references,
+        date=date,
+        raw_size=raw_size,
+        integration=integration,
+        author=author,
+    )
+    ServiceRecord.objects.filter(pk=record.pk).update(updated_at=timezone.now())
+    return message
+
+
+def add_attachment(
+    *, message: Message, filename: str, content_type: str, content: bytes, content_id: str = ""
+) -> Attachment:
+    attachment = Attachment(
+        message=message,
+        filename=filename[:255],
+        content_type=content_type[:255],
+        size=len(content),
+        content_id=content_id[:255],
+    )
+    attachment.file.save(safe_storage_name(filename), ContentFile(content), save=False)
+    attachment.save()
+    return attachment
+
+
+def safe_storage_name(filename: str) -> str:
+    """A file name storage accepts: no path, no control characters, not empty."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip().lstrip(".")
+    return name[-100:] or "attachment.bin"
+
+
+def change_status_on_reply(
+    *, record: ServiceRecord, new_status: Status | None, unless_status_ids: set[int]
+) -> bool:
+    """Move a record to the integration's status on reply, unless its status is excepted."""
+    if new_status is None or record.status_id == new_status.pk:
+        return False
+    if record.status_id in unless_status_ids:
+        return False
+    record.status = new_status
+    record.save(update_fields=["status", "updated_at"])
+    return True

@@ -21,3 +21,8 @@ def schedule_periodic_tasks(sender: Celery, **_kwargs: object) -> None:
         sender.signature("mailworker.tasks.record_heartbeat"),
         name="worker heartbeat",
     )
+    sender.add_periodic_task(
+        float(settings.POLL_DISPATCH_SECONDS),
+        sender.signature("mailworker.tasks.dispatch_due_polls"),
+        name="poll due mailboxes",
+    )

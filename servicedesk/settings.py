@@ -148,9 +148,14 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+# How often beat looks for integrations whose poll interval is up.
+POLL_DISPATCH_SECONDS = env.int("POLL_DISPATCH_SECONDS", default=15)
 HEARTBEAT_INTERVAL_SECONDS = env.int("HEARTBEAT_INTERVAL_SECONDS", default=30)
 # /healthz is unhealthy when the last worker heartbeat is older than this.
 HEARTBEAT_MAX_AGE_SECONDS = env.int("HEARTBEAT_MAX_AGE_SECONDS", default=120)
+
+# An email larger than this is not imported: its headers are quarantined, the sender told.
+MAX_INCOMING_EMAIL_BYTES = env.int("MAX_INCOMING_EMAIL_BYTES", default=25 * 1024 * 1024)
 
 LOGGING = {
     "version": 1,

@@ -10,5 +10,6 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("settings/email/", include("integrations.urls")),
+    path("quarantine/", include("mailworker.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -1,0 +1,146 @@
+"""Apply an email that passed the filters: open a record or join one's message log.
+
+Runs inside the caller's transaction; everything here commits or rolls back together with
+the processed marker.
+"""
+
+from __future__ import annotations
+
+from django.db.models import Q
+
+from mailworker.inbound import InboundEmail
+from mailworker.models import OutboxEmail
+from mailworker.parsing import remove_emojis
+from mailworker.pipeline.context import EmailContext
+from records.email_rules import RuleInput, apply_email_rules
+from records.models import Direction, Message, ProcessedEmail
+from records.services import (
+    add_attachment,
+    add_message,
+    change_status_on_reply,
+    create_record,
+    get_or_create_end_user,
+)
+
+
+class NoSenderError(ValueError):
+    """An email without a usable sender address cannot open a record (no requester)."""
+
+
+def cleaned_subject_and_body(ctx: EmailContext) -> tuple[str, str]:
+    subject, body = ctx.email.subject, ctx.email.text_body
+    if ctx.integration.remove_emojis:
+        subject, body = remove_emojis(subject), remove_emojis(body)
+    return subject, body
+
+
+def log_email(ctx: EmailContext, *, subject: str, body: str) -> Message:
+    email: InboundEmail = ctx.email
+    assert ctx.record is not None
+    message = add_message(
+        record=ctx.record,
+        direction=Direction.INCOMING,
+        from_address=email.from_address,
+        subject=subject,
+        text_body=body,
+        html_body=email.html_body,
+        to_addresses=email.to,
+        cc_addresses=email.cc,
+        message_id=email.message_id,
+        in_reply_to=email.in_reply_to[0] if email.in_reply_to else "",
+        references=" ".join(email.references),
+        date=email.date,
+        raw_size=email.raw_size,
+        integration=ctx.integration,
+    )
+    for part in email.attachments:
+        add_attachment(
+            message=message,
+            filename=part.filename,
+            content_type=part.content_type,
+            content=part.content,
+            content_id=part.content_id,
+        )
+    return message
+
+
+def open_record(ctx: EmailContext, *, subject: str, body: str) -> None:
+    email = ctx.email
+    if not email.from_address:
+        raise NoSenderError("the email has no sender address, so no requester for a new record")
+    requester, _created = get_or_create_end_user(
+        email=email.from_address, display_name=email.from_name
+    )
+    ctx.record = create_record(
+        title=subject,
+        description=body,
+        requester=requester,
+        source_integration=ctx.integration,
+    )
+    apply_email_rules(
+        record=ctx.record,
+        facts=RuleInput(
+            sender=email.from_address,
+            recipients=[*email.to, *email.cc, *email.delivered_to],
+            subject=subject,
+            body=body,
+        ),
+    )
+
+
+def change_status(ctx: EmailContext) -> None:
+    """A person's reply may move the record on; an auto-reply or a bounce never does."""
+    integration = ctx.integration
+    if ctx.is_automatic or integration.change_status_to_id is None:
+        return
+    change_status_on_reply(
+        record=ctx.record,
+        new_status=integration.change_status_to,
+        unless_status_ids=set(integration.unless_status_in.values_list("pk", flat=True)),
+    )
+
+
+def queue_copy_of_incoming(ctx: EmailContext) -> None:
+    address = ctx.integration.copy_incoming_to
+    if address:
+        OutboxEmail.objects.create(
+            kind=OutboxEmail.Kind.COPY_INCOMING,
+            integration=ctx.integration,
+            record=ctx.record,
+            to_addresses=[address],
+            subject=f"Copy: {ctx.email.subject}"[:998],
+            attached_email=ctx.raw,
+        )
+
+
+def apply_email(ctx: EmailContext) -> str:
+    """Create or update; returns the processed outcome."""
+    subject, body = cleaned_subject_and_body(ctx)
+    if ctx.record is None:
+        open_record(ctx, subject=subject, body=body)
+        outcome = ProcessedEmail.Outcome.CREATED
+    else:
+        change_status(ctx)
+        outcome = ProcessedEmail.Outcome.APPENDED
+    log_email(ctx, subject=subject, body=body)
+    queue_copy_of_incoming(ctx)
+    return outcome
+
+
+def queue_forward_of_ignored(ctx: EmailContext, *, reason: str) -> int:
+    """Forward an ignored email to the integration's chosen users (pending in the outbox)."""
+    users = ctx.integration.forward_ignored_to.filter(is_active=True).exclude(
+        Q(email="") | Q(email__isnull=True)
+    )
+    addresses = [user.email for user in users]
+    if not addresses:
+        return 0
+    OutboxEmail.objects.create(
+        kind=OutboxEmail.Kind.FORWARD_IGNORED,
+        integration=ctx.integration,
+        to_addresses=addresses,
+        subject=f"Ignored: {ctx.email.subject}"[:998],
+        text_body=f"The desk ignored this email ({reason}). It is attached as it arrived.",
+        attached_email=ctx.raw,
+    )
+    return len(addresses)

@@ -1,0 +1,62 @@
+"""What the filters see and decide about one email."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from integrations.models import EmailIntegration
+from mailworker.inbound import InboundEmail
+from records.models import ServiceRecord
+
+
+class Classification(StrEnum):
+    PERSON = "person"
+    AUTO_REPLY = "auto-reply"
+    BOUNCE = "bounce"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A filter's answer: go on, ignore the email, or quarantine it, with the reason."""
+
+    action: str  # "continue" | "ignore" | "duplicate" | "quarantine"
+    reason: str = ""
+
+    @property
+    def stops(self) -> bool:
+        return self.action != "continue"
+
+
+CONTINUE = Verdict("continue")
+
+
+def ignore(reason: str) -> Verdict:
+    return Verdict("ignore", reason)
+
+
+def duplicate(reason: str) -> Verdict:
+    return Verdict("duplicate", reason)
+
+
+def quarantine(reason: str) -> Verdict:
+    return Verdict("quarantine", reason)
+
+
+@dataclass
+class EmailContext:
+    integration: EmailIntegration
+    email: InboundEmail
+    raw: bytes
+    classification: Classification = Classification.PERSON
+    classification_reason: str = ""
+    record: ServiceRecord | None = None
+    matched_by: str = ""  # how the record was found: "thread", "subject", "body"
+    fingerprint: str = ""  # sender + subject + body, for the duplicate guard
+    # Every address an incoming integration reads (for the loop guard), computed once a pass.
+    desk_addresses: frozenset[str] = frozenset()
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_automatic(self) -> bool:
+        return self.classification is not Classification.PERSON

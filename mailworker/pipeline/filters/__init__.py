@@ -1,0 +1,41 @@
+"""The inbound filters, in the order they run. Each is a small module with one job; adding
+a rule is adding a module and a line here (see STYLE.md on Zammad)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mailworker.pipeline.context import EmailContext, Verdict
+from mailworker.pipeline.filters import (
+    automatic_mail,
+    duplicate_guard,
+    ignore_senders,
+    ignore_subject,
+    loop_guard,
+    match_record,
+    requester,
+    whitelist,
+)
+
+Filter = Callable[[EmailContext], Verdict]
+
+FILTERS: tuple[tuple[str, Filter], ...] = (
+    ("loop guard", loop_guard.check),
+    ("whitelist", whitelist.check),
+    ("ignore list", ignore_senders.check),
+    ("ignore subject", ignore_subject.check),
+    ("auto-reply and bounce", automatic_mail.classify),
+    ("match record", match_record.check),
+    ("automatic mail without record", automatic_mail.without_record),
+    ("duplicate guard", duplicate_guard.check),
+    ("requester", requester.check),
+)
+
+
+def run_filters(ctx: EmailContext) -> Verdict | None:
+    """The first verdict that stops the email, or None when it goes on to be applied."""
+    for _name, check in FILTERS:
+        verdict = check(ctx)
+        if verdict.stops:
+            return verdict
+    return None

@@ -1,0 +1,61 @@
+"""6. Duplicate guard: an email whose sender, subject and body equal one of the last 1,000
+processed does not open another record (mail loops, users sending twice, one email reaching
+two of our mailboxes). The memory is the processed markers in the database, so every worker
+shares it. Senders on the integration's exempt list (by address, or by the username of the
+user with that address) are never duplicates: monitoring systems send the same text on
+purpose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.contrib.auth import get_user_model
+
+from mailworker.pipeline.context import CONTINUE, EmailContext, Verdict, duplicate
+from records.models import ProcessedEmail
+
+WINDOW = 1000
+
+
+def fingerprint(*, sender: str, subject: str, body: str) -> str:
+    # Whitespace differences (re-wrapping, trailing spaces) do not make a different email.
+    normalised = "\n".join(" ".join(part.split()) for part in (sender.lower(), subject, body))
+    return hashlib.sha256(normalised.encode("utf-8", "replace")).hexdigest()
+
+
+def is_exempt(ctx: EmailContext) -> bool:
+    """Entries with an @ are addresses; the others are usernames of users."""
+    exempt = ctx.integration.duplicate_exempt_senders
+    sender = ctx.email.from_address
+    if not exempt or not sender:
+        return False
+    if sender in {entry for entry in exempt if "@" in entry}:
+        return True
+    usernames = [entry for entry in exempt if "@" not in entry]
+    return bool(usernames) and (
+        get_user_model().objects.filter(email__iexact=sender, username__in=usernames).exists()
+    )
+
+
+def seen_recently(fingerprint_value: str) -> bool:
+    oldest_in_window = ProcessedEmail.objects.order_by("-id").values_list("id", flat=True)[
+        WINDOW - 1 : WINDOW
+    ]
+    recent = ProcessedEmail.objects.filter(fingerprint=fingerprint_value)
+    threshold = list(oldest_in_window)
+    if threshold:
+        recent = recent.filter(id__gte=threshold[0])
+    return recent.exists()
+
+
+def check(ctx: EmailContext) -> Verdict:
+    email = ctx.email
+    ctx.fingerprint = fingerprint(
+        sender=email.from_address, subject=email.subject, body=email.text_body
+    )
+    if ctx.record is not None or is_exempt(ctx):
+        return CONTINUE
+    if seen_recently(ctx.fingerprint):
+        return duplicate("same sender, subject and body as one of the last 1,000 emails")
+    return CONTINUE

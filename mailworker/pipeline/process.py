@@ -1,0 +1,195 @@
+"""One email, from raw bytes to its outcome, in one transaction with its processed marker.
+
+`process_raw` never raises for a problem of the email: anything the email makes go wrong is
+rolled back and the raw bytes are quarantined with the error, so the batch goes on. Only a
+failure of the system itself (the database is unreachable) propagates: then nothing is
+acked and the email stays in the mailbox for the next pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import traceback
+from dataclasses import dataclass
+
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, transaction
+
+from integrations.models import EmailIntegration
+from mailworker.inbound import InboundEmail
+from mailworker.models import OutboxEmail
+from mailworker.parsing import parse_email
+from mailworker.pipeline.apply import apply_email, queue_forward_of_ignored
+from mailworker.pipeline.context import EmailContext, Verdict
+from mailworker.pipeline.filters import run_filters
+from records.models import ProcessedEmail, Quarantine
+
+logger = logging.getLogger(__name__)
+Outcome = ProcessedEmail.Outcome
+ALREADY_PROCESSED = "already processed"
+# Errors that mean the database is not there: retry the email later, do not quarantine it.
+SYSTEM_ERRORS = (OperationalError, InterfaceError)
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    outcome: str  # an Outcome value, or ALREADY_PROCESSED
+    record_id: int | None = None
+    reason: str = ""
+
+
+def marker_key(raw: bytes) -> str:
+    """The processed marker's key: the SHA-256 of the raw bytes.
+
+    A message fetched again after a crash between commit and ack has the same bytes, so it is
+    recognised. Unlike the Message-ID, the bytes cannot be shared by two different emails
+    (some mailers reuse Message-IDs), so no email is ever dropped as "already seen".
+    """
+    return hashlib.sha256(raw).hexdigest()
+
+
+def already_processed(*, integration: EmailIntegration, key: str) -> bool:
+    return ProcessedEmail.objects.filter(integration=integration, key=key).exists()
+
+
+def _mark(
+    ctx_or_email: EmailContext | InboundEmail | None,
+    *,
+    integration: EmailIntegration,
+    key: str,
+    outcome: str,
+    record_id: int | None = None,
+    fingerprint: str = "",
+) -> None:
+    email = ctx_or_email.email if isinstance(ctx_or_email, EmailContext) else ctx_or_email
+    ProcessedEmail.objects.create(
+        integration=integration,
+        key=key,
+        message_id=(email.message_id if email else "")[:998],
+        fingerprint=fingerprint,
+        outcome=outcome,
+        record_id=record_id,
+    )
+
+
+def _quarantine(
+    *,
+    integration: EmailIntegration,
+    raw: bytes,
+    reason: str,
+    email: InboundEmail | None,
+    key: str,
+) -> ProcessResult:
+    Quarantine.objects.create(
+        integration=integration,
+        raw_email=raw,
+        reason=reason[:10_000],
+        from_address=(email.from_address if email else "")[:998],
+        subject=(email.subject if email else "")[:998],
+        message_id=(email.message_id if email else "")[:998],
+    )
+    _mark(email, integration=integration, key=key, outcome=Outcome.QUARANTINED)
+    return ProcessResult(Outcome.QUARANTINED, reason=reason)
+
+
+def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str) -> ProcessResult:
+    integration = ctx.integration
+    if verdict is None:
+        outcome = apply_email(ctx)
+        _mark(
+            ctx,
+            integration=integration,
+            key=key,
+            outcome=outcome,
+            record_id=ctx.record.pk,
+            fingerprint=ctx.fingerprint,
+        )
+        return ProcessResult(outcome, record_id=ctx.record.pk, reason=ctx.matched_by)
+    if verdict.action == "quarantine":
+        return _quarantine(
+            integration=integration, raw=ctx.raw, reason=verdict.reason, email=ctx.email, key=key
+        )
+    outcome = Outcome.DUPLICATE if verdict.action == "duplicate" else Outcome.IGNORED
+    if outcome == Outcome.IGNORED:
+        queue_forward_of_ignored(ctx, reason=verdict.reason)
+    _mark(ctx, integration=integration, key=key, outcome=outcome)
+    return ProcessResult(outcome, reason=verdict.reason)
+
+
+def queue_size_notice(*, integration: EmailIntegration, email: InboundEmail, limit: int) -> None:
+    """Tell the sender, once, that the email was too large (pending in the outbox)."""
+    if not email.from_address or email.header("auto-submitted").lower() not in ("", "no"):
+        return
+    OutboxEmail.objects.create(
+        kind=OutboxEmail.Kind.SIZE_NOTICE,
+        integration=integration,
+        to_addresses=[email.from_address],
+        subject=f"Your email was too large: {email.subject}"[:998],
+        text_body=(
+            f"Your email “{email.subject}” could not be added to our service desk because it is "
+            f"larger than {limit // (1024 * 1024)} MB. Please send it again with smaller "
+            "attachments, or share large files by link."
+        ),
+        in_reply_to=email.message_id,
+    )
+
+
+def process_raw(
+    *,
+    integration: EmailIntegration,
+    raw: bytes,
+    desk_addresses: frozenset[str],
+    oversized_limit: int | None = None,
+) -> ProcessResult:
+    """Process one email. `oversized_limit` set means `raw` holds only the headers of an
+    email larger than that many bytes: it is quarantined and the sender told."""
+    key = marker_key(raw)
+    if already_processed(integration=integration, key=key):
+        return ProcessResult(ALREADY_PROCESSED)
+    email: InboundEmail | None = None
+    try:
+        email = parse_email(raw)
+        with transaction.atomic():
+            if oversized_limit is not None:
+                queue_size_notice(integration=integration, email=email, limit=oversized_limit)
+                return _quarantine(
+                    integration=integration,
+                    raw=raw,
+                    reason=f"larger than the {oversized_limit // (1024 * 1024)} MB limit; "
+                    "only its headers were kept",
+                    email=email,
+                    key=key,
+                )
+            ctx = EmailContext(
+                integration=integration, email=email, raw=raw, desk_addresses=desk_addresses
+            )
+            return _decide(ctx, run_filters(ctx), key=key)
+    except IntegrityError:
+        # Another worker committed the same email first (the marker is unique): it is done.
+        if already_processed(integration=integration, key=key):
+            return ProcessResult(ALREADY_PROCESSED)
+        return _quarantine_after_error(integration, raw, email, key)
+    except SYSTEM_ERRORS:
+        raise
+    except Exception:  # the email made something fail: keep it whole and go on
+        return _quarantine_after_error(integration, raw, email, key)
+
+
+def _quarantine_after_error(
+    integration: EmailIntegration, raw: bytes, email: InboundEmail | None, key: str
+) -> ProcessResult:
+    error = traceback.format_exc(limit=8)
+    logger.exception("integration %s: email quarantined after an error", integration.name)
+    try:
+        with transaction.atomic():
+            return _quarantine(
+                integration=integration,
+                raw=raw,
+                reason=f"processing failed: {error}",
+                email=email,
+                key=key,
+            )
+    except DatabaseError:
+        # Not even the quarantine could be written: leave the email in the mailbox.
+        logger.exception("integration %s: could not quarantine; will retry", integration.name)
+        raise
