@@ -1,5 +1,7 @@
 """What the mail engine keeps about itself."""
 
+from __future__ import annotations
+
 from django.db import models
 
 
@@ -21,6 +23,8 @@ class OutboxEmail(models.Model):
     it. The sending side (SMTP, retries) drains the rows that are pending."""
 
     class Kind(models.TextChoices):
+        SYSTEM_ALERT = "system_alert", "System alert"
+        TEST = "test", "Test email"
         FORWARD_IGNORED = "forward_ignored", "Ignored email forwarded"
         COPY_INCOMING = "copy_incoming", "Copy of an incoming email"
         SIZE_NOTICE = "size_notice", "Notice: email too large"
@@ -29,8 +33,10 @@ class OutboxEmail(models.Model):
 
     class State(models.TextChoices):
         PENDING = "pending", "Pending"
+        SENDING = "sending", "Sending"
         SENT = "sent", "Sent"
         FAILED = "failed", "Failed"
+        SUPPRESSED = "suppressed", "Not sent (guard)"
 
     kind = models.CharField(max_length=20, choices=Kind.choices)
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
@@ -46,19 +52,71 @@ class OutboxEmail(models.Model):
         "records.ServiceRecord", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     to_addresses = models.JSONField(default=list)
+    # Automatic emails go one recipient a row, so the per-recipient cap is one indexed count.
+    recipient = models.CharField(max_length=320, blank=True)
     subject = models.CharField(max_length=998, blank=True)
     text_body = models.TextField(blank=True)
     attached_email = models.BinaryField(
         blank=True, default=b"", help_text="The raw email forwarded or copied, sent as .eml."
     )
     in_reply_to = models.CharField(max_length=998, blank=True)
+    # Composed when queued: retries send the very same bytes (same Message-ID).
+    sender_address = models.CharField(max_length=998, blank=True)
+    raw_message = models.BinaryField(blank=True, default=b"")
+    message_id = models.CharField(max_length=998, blank=True)
+    is_automatic = models.BooleanField(default=True)
+    log_message = models.ForeignKey(
+        "records.Message",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="outbox",
+        help_text="The message-log entry this email delivers.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    smtp_response = models.TextField(blank=True)
     last_error = models.TextField(blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["state", "created_at"], name="outbox_state_created")]
+        indexes = [
+            models.Index(fields=["state", "next_attempt_at"], name="outbox_due"),
+            models.Index(fields=["recipient", "created_at"], name="outbox_recipient_created"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} to {', '.join(self.to_addresses)} ({self.state})"
+
+
+class NotificationSettings(models.Model):
+    """Which notifications go out (one row; admins switch them in the admin site)."""
+
+    class AdminRecipients(models.TextChoices):
+        ASSIGNED = "assigned", "The assigned admin (else the group, else all admins)"
+        GROUP = "group", "All admins of the record's group (else all admins)"
+        ALL = "all", "All admins"
+
+    end_user_on_created = models.BooleanField(default=True)
+    end_user_on_updated = models.BooleanField(default=False)
+    end_user_on_details_changed = models.BooleanField(default=True)
+    admins_on_created = models.BooleanField(default=True)
+    admins_on_updated = models.BooleanField(default=True)
+    admins_on_details_changed = models.BooleanField(default=True)
+    admins_on_escalated = models.BooleanField(default=True)
+    admin_recipients = models.CharField(
+        max_length=10, choices=AdminRecipients.choices, default=AdminRecipients.ASSIGNED
+    )
+
+    class Meta:
+        verbose_name_plural = "notification settings"
+
+    def __str__(self) -> str:
+        return "Notification settings"
+
+    @classmethod
+    def current(cls) -> NotificationSettings:
+        settings, _created = cls.objects.get_or_create(pk=1)
+        return settings

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from celery import current_task, shared_task
 
+from mailworker.outbound.outbox import send_due
 from mailworker.scheduling import due_integration_ids, poll_integration_now
 from mailworker.services import record_worker_heartbeat
+from records.services import escalate_overdue_records
 
 
 @shared_task(name="mailworker.tasks.record_heartbeat", ignore_result=True, acks_late=False)
@@ -28,3 +30,15 @@ def dispatch_due_polls() -> int:
 @shared_task(name="mailworker.tasks.poll_integration", ignore_result=True)
 def poll_integration(integration_id: int) -> None:
     poll_integration_now(integration_id=integration_id)
+
+
+@shared_task(name="mailworker.tasks.send_outbox", ignore_result=True)
+def send_outbox() -> None:
+    # acks_late (the default in settings): a worker that dies mid-send leaves the task to be
+    # run again; rows already marked sent are not sent twice.
+    send_due()
+
+
+@shared_task(name="mailworker.tasks.escalate_overdue", ignore_result=True, acks_late=False)
+def escalate_overdue() -> None:
+    escalate_overdue_records()

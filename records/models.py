@@ -114,6 +114,9 @@ class ServiceRecord(models.Model):
         help_text="The integration the record came in through, if it came by email.",
     )
     due_at = models.DateTimeField(null=True, blank=True)
+    escalated_at = models.DateTimeField(
+        null=True, blank=True, help_text="When admins were told the due date had passed."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -7,16 +7,19 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from records.models import Attachment, Message, ServiceRecord, Status, User
+from records import signals
+from records.models import Attachment, Direction, Message, ServiceRecord, Status, User
 
 if TYPE_CHECKING:
     from integrations.models import EmailIntegration
 
 USERNAME_MAX_LENGTH = 150
+UNSET = object()  # "not given", where None is a meaningful value (no assigned admin)
 
 
 def find_user_by_email(*, email: str) -> User | None:
@@ -177,3 +180,88 @@ def change_status_on_reply(
     record.status = new_status
     record.save(update_fields=["status", "updated_at"])
     return True
+
+
+def post_agent_reply(
+    *, record: ServiceRecord, author: User, body: str, integration_id: int | None = None
+) -> Message:
+    """An agent's reply: written to the message log now, sent by email by the mail engine."""
+    body = body.strip()
+    if not body:
+        raise ValidationError({"body": "Write a reply before sending."})
+    with transaction.atomic():
+        message = add_message(
+            record=record,
+            direction=Direction.OUTGOING,
+            from_address=author.email,
+            subject=record.title,
+            text_body=body,
+            to_addresses=[record.requester.email] if record.requester.email else [],
+            author=author,
+        )
+        signals.agent_replied.send(sender=Message, message=message, integration_id=integration_id)
+    return message
+
+
+DETAIL_FIELDS = ("status", "assigned_admin", "priority")
+
+
+def _display(record: ServiceRecord, field: str) -> str:
+    if field == "priority":
+        return record.get_priority_display()
+    value = getattr(record, field)
+    return str(value) if value is not None else "(none)"
+
+
+def change_record_details(
+    *,
+    record: ServiceRecord,
+    actor: User | None,
+    status: Status | None = None,
+    assigned_admin: User | None | object = UNSET,
+    priority: int | None = None,
+) -> dict[str, tuple[str, str]]:
+    """Change status, assigned admin and priority; says which changed, old and new."""
+    changes: dict[str, tuple[str, str]] = {}
+    before = {field: _display(record, field) for field in DETAIL_FIELDS}
+    if status is not None and status.pk != record.status_id:
+        record.status = status
+    if (
+        assigned_admin is not UNSET
+        and getattr(assigned_admin, "pk", None) != record.assigned_admin_id
+    ):
+        record.assigned_admin = assigned_admin
+    if priority is not None and priority != record.priority:
+        record.priority = priority
+    after = {field: _display(record, field) for field in DETAIL_FIELDS}
+    changes = {
+        field: (before[field], after[field])
+        for field in DETAIL_FIELDS
+        if before[field] != after[field]
+    }
+    if not changes:
+        return changes
+    with transaction.atomic():
+        record.save(update_fields=["status", "assigned_admin", "priority", "updated_at"])
+        signals.record_details_changed.send(
+            sender=ServiceRecord, record=record, actor=actor, changes=changes
+        )
+    return changes
+
+
+def escalate_overdue_records() -> int:
+    """Tell admins, once, about each open record whose due date has passed."""
+    now = timezone.now()
+    overdue = ServiceRecord.objects.filter(
+        due_at__lt=now, escalated_at__isnull=True, status__is_closed=False
+    ).select_related("requester", "assigned_admin", "status")
+    count = 0
+    for record in overdue:
+        with transaction.atomic():
+            updated = ServiceRecord.objects.filter(pk=record.pk, escalated_at__isnull=True).update(
+                escalated_at=now
+            )
+            if updated:  # another worker did not get there first
+                signals.record_escalated.send(sender=ServiceRecord, record=record)
+                count += 1
+    return count

@@ -26,3 +26,11 @@ def schedule_periodic_tasks(sender: Celery, **_kwargs: object) -> None:
         sender.signature("mailworker.tasks.dispatch_due_polls"),
         name="poll due mailboxes",
     )
+    sender.add_periodic_task(
+        float(settings.OUTBOX_SEND_SECONDS),
+        sender.signature("mailworker.tasks.send_outbox"),
+        name="send the outbox (retries)",
+    )
+    sender.add_periodic_task(
+        60.0, sender.signature("mailworker.tasks.escalate_overdue"), name="escalate overdue records"
+    )

@@ -157,6 +157,15 @@ HEARTBEAT_MAX_AGE_SECONDS = env.int("HEARTBEAT_MAX_AGE_SECONDS", default=120)
 # An email larger than this is not imported: its headers are quarantined, the sender told.
 MAX_INCOMING_EMAIL_BYTES = env.int("MAX_INCOMING_EMAIL_BYTES", default=25 * 1024 * 1024)
 
+# Automatic emails (notifications, notices) to one address within an hour; more are held
+# back as "suppressed" (a loop with an auto-responder stops here).
+AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR = env.int(
+    "AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR", default=10
+)
+OUTBOX_SEND_SECONDS = env.int("OUTBOX_SEND_SECONDS", default=30)
+# Queue the send task as soon as an email is committed (beat's regular run is the fallback).
+OUTBOX_SEND_ON_COMMIT = env.bool("OUTBOX_SEND_ON_COMMIT", default=True)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -10,6 +10,8 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("settings/email/", include("integrations.urls")),
+    path("settings/email/<int:pk>/test/", include("mailworker.urls_tests")),
     path("quarantine/", include("mailworker.urls")),
+    path("records/", include("records.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -17,7 +17,7 @@ from django.contrib.auth.models import Permission
 from integrations.models import EmailIntegration
 from integrations.services import Secrets, save_integration
 
-pytest_plugins = ["tests.browser", "tests.dovecot"]
+pytest_plugins = ["tests.browser", "tests.dovecot", "tests.smtpd"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "correct horse battery staple"
@@ -28,6 +28,12 @@ def _fast_password_hashing(settings: Any) -> None:
     # PBKDF2 at Django's cost takes about 0.45 s a hash on these machines; what the tests check
     # does not depend on the hasher.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _outbox_sent_by_the_tests(settings: Any) -> None:
+    # Tests drain the outbox themselves (send_due), against their own SMTP server.
+    settings.OUTBOX_SEND_ON_COMMIT = False
 
 
 @pytest.fixture(autouse=True)

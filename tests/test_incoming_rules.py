@@ -314,15 +314,31 @@ def test_an_email_over_the_size_limit_is_quarantined_and_the_sender_told_once(
     assert desk.left_in_mailbox() == 0
 
 
-def test_ignored_emails_are_forwarded_to_the_chosen_users(desk, django_user_model) -> None:
+def test_ignored_emails_are_forwarded_to_the_chosen_users(
+    desk, django_user_model, smtp_integration
+) -> None:
+    smtp_integration(encryption="tls")
+    lead = django_user_model.objects.create_user(username="lead", email="lead@desk-staff.test")
+    desk.integration.forward_ignored_to.set([lead])
+    desk.configure(ignore_senders=["spam.test"])
+    spam = make_email(sender="x@spam.test")
+    desk.receive(spam)
+    forward = OutboxEmail.objects.get(kind=OutboxEmail.Kind.FORWARD_IGNORED)
+    assert forward.to_addresses == ["lead@desk-staff.test"]
+    assert forward.state == OutboxEmail.State.PENDING
+    assert bytes(forward.attached_email) == spam
+    assert b'filename="original.eml"' in bytes(forward.raw_message)
+
+
+def test_without_an_outgoing_integration_the_forward_fails_visibly(desk, django_user_model):
     lead = django_user_model.objects.create_user(username="lead", email="lead@desk-staff.test")
     desk.integration.forward_ignored_to.set([lead])
     desk.configure(ignore_senders=["spam.test"])
     desk.receive(make_email(sender="x@spam.test"))
     forward = OutboxEmail.objects.get(kind=OutboxEmail.Kind.FORWARD_IGNORED)
-    assert forward.to_addresses == ["lead@desk-staff.test"]
-    assert b"x@spam.test" in bytes(forward.attached_email)
-    assert forward.state == OutboxEmail.State.PENDING
+    assert forward.state == OutboxEmail.State.FAILED
+    assert "turn on Outgoing Emails" in forward.last_error
+    assert b"x@spam.test" in bytes(forward.attached_email)  # the email itself is kept
 
 
 def test_attachments_and_inline_images_are_stored(desk) -> None:

@@ -67,6 +67,11 @@ class Mailbox(ABC):
         """Remove these messages from the mailbox (IMAP: \\Deleted + UID EXPUNGE; POP3: DELE,
         committed at QUIT by close())."""
 
+    def count(self) -> int:
+        """How many messages wait in the mailbox (the folder, for IMAP), without reading them.
+        For the Test connection button; adapters that cannot tell cheaply need not say."""
+        raise NotImplementedError
+
     @abstractmethod
     def close(self) -> None:
         """Log out and close; never raises."""

@@ -163,6 +163,12 @@ class ImapMailbox(Mailbox):
             )
         return messages
 
+    def count(self) -> int:
+        """Messages in the folder not already flagged \\Deleted, as fetch() sees them."""
+        client = self._connected_client()
+        with self._failures(f"counting the messages in {self.folder!r}"):
+            return len(client.search(["NOT", "DELETED"]))
+
     def ack(self, uids: Sequence[str]) -> None:
         client = self._connected_client()
         numbers = self._uids_of_this_folder(uids)

@@ -158,6 +158,12 @@ class Pop3Mailbox(Mailbox):
             raw = b"".join(line + CRLF for line in lines)
             yield FetchedMessage(uid=ids[number], raw=raw, size=size, oversized=oversized)
 
+    def count(self) -> int:
+        """STAT: the number of messages in the maildrop, without listing them."""
+        connection = self._connected()
+        with self._failures("counting the messages"):
+            return connection.stat()[0]
+
     def ack(self, uids: Sequence[str]) -> None:
         connection = self._connected()
         for uid in uids:

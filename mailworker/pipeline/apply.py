@@ -10,8 +10,10 @@ from django.db.models import Q
 
 from mailworker.inbound import InboundEmail
 from mailworker.models import OutboxEmail
+from mailworker.outbound.outbox import queue_email
 from mailworker.parsing import remove_emojis
 from mailworker.pipeline.context import EmailContext
+from records import signals
 from records.email_rules import RuleInput, apply_email_rules
 from records.models import Direction, Message, ProcessedEmail
 from records.services import (
@@ -103,12 +105,12 @@ def change_status(ctx: EmailContext) -> None:
 def queue_copy_of_incoming(ctx: EmailContext) -> None:
     address = ctx.integration.copy_incoming_to
     if address:
-        OutboxEmail.objects.create(
+        queue_email(
             kind=OutboxEmail.Kind.COPY_INCOMING,
-            integration=ctx.integration,
-            record=ctx.record,
-            to_addresses=[address],
+            to=[address],
             subject=f"Copy: {ctx.email.subject}"[:998],
+            text=f"A copy of an email received by {ctx.integration.name}, attached as it arrived.",
+            record=ctx.record,
             attached_email=ctx.raw,
         )
 
@@ -118,11 +120,16 @@ def apply_email(ctx: EmailContext) -> str:
     subject, body = cleaned_subject_and_body(ctx)
     if ctx.record is None:
         open_record(ctx, subject=subject, body=body)
+        message = log_email(ctx, subject=subject, body=body)
+        signals.record_created.send(
+            sender=Message, record=ctx.record, message=message, automatic=ctx.is_automatic
+        )
         outcome = ProcessedEmail.Outcome.CREATED
     else:
         change_status(ctx)
+        message = log_email(ctx, subject=subject, body=body)
+        signals.message_added.send(sender=Message, message=message, automatic=ctx.is_automatic)
         outcome = ProcessedEmail.Outcome.APPENDED
-    log_email(ctx, subject=subject, body=body)
     queue_copy_of_incoming(ctx)
     return outcome
 
@@ -135,12 +142,11 @@ def queue_forward_of_ignored(ctx: EmailContext, *, reason: str) -> int:
     addresses = [user.email for user in users]
     if not addresses:
         return 0
-    OutboxEmail.objects.create(
+    queue_email(
         kind=OutboxEmail.Kind.FORWARD_IGNORED,
-        integration=ctx.integration,
-        to_addresses=addresses,
+        to=addresses,
         subject=f"Ignored: {ctx.email.subject}"[:998],
-        text_body=f"The desk ignored this email ({reason}). It is attached as it arrived.",
+        text=f"The desk ignored this email ({reason}). It is attached as it arrived.",
         attached_email=ctx.raw,
     )
     return len(addresses)

@@ -18,6 +18,7 @@ from django.db import DatabaseError, IntegrityError, InterfaceError, Operational
 from integrations.models import EmailIntegration
 from mailworker.inbound import InboundEmail
 from mailworker.models import OutboxEmail
+from mailworker.outbound.outbox import queue_email
 from mailworker.parsing import parse_email
 from mailworker.pipeline.apply import apply_email, queue_forward_of_ignored
 from mailworker.pipeline.context import EmailContext, Verdict
@@ -117,20 +118,19 @@ def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str) -> ProcessR
 
 
 def queue_size_notice(*, integration: EmailIntegration, email: InboundEmail, limit: int) -> None:
-    """Tell the sender, once, that the email was too large (pending in the outbox)."""
+    """Tell the sender, once, that the email was too large (never an auto-responder)."""
     if not email.from_address or email.header("auto-submitted").lower() not in ("", "no"):
         return
-    OutboxEmail.objects.create(
+    queue_email(
         kind=OutboxEmail.Kind.SIZE_NOTICE,
-        integration=integration,
-        to_addresses=[email.from_address],
+        to=[email.from_address],
         subject=f"Your email was too large: {email.subject}"[:998],
-        text_body=(
+        text=(
             f"Your email “{email.subject}” could not be added to our service desk because it is "
             f"larger than {limit // (1024 * 1024)} MB. Please send it again with smaller "
             "attachments, or share large files by link."
         ),
-        in_reply_to=email.message_id,
+        integration=integration if integration.outgoing_enabled else None,
     )
 
 

@@ -1,0 +1,153 @@
+"""Notifications: the mail engine's answers to records' domain events.
+
+Receivers run inside the transaction of the change, so the outbox rows they queue commit (or
+roll back) with it. What goes to whom is switched in NotificationSettings; the texts are the
+templates in templates/emails/.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.dispatch import receiver
+from django.template.loader import render_to_string
+
+from integrations.models import EmailIntegration
+from mailworker.models import NotificationSettings, OutboxEmail
+from mailworker.outbound.compose import record_subject
+from mailworker.outbound.outbox import queue_email
+from records import signals
+from records.models import Message, ServiceRecord
+
+Kind = OutboxEmail.Kind
+
+
+def admin_addresses(record: ServiceRecord, *, exclude: object = None) -> list[str]:
+    """Who among the admins hears about a record, as NotificationSettings says."""
+    choice = NotificationSettings.current().admin_recipients
+    Choice = NotificationSettings.AdminRecipients
+    users = []
+    if choice == Choice.ASSIGNED and record.assigned_admin_id:
+        users = [record.assigned_admin]
+    elif choice in (Choice.ASSIGNED, Choice.GROUP) and record.group_id:
+        users = list(record.group.members.filter(is_active=True, is_staff=True))
+    if not users:
+        users = list(get_user_model().objects.filter(is_active=True, is_staff=True))
+    return [user.email for user in users if user.email and getattr(exclude, "pk", None) != user.pk]
+
+
+def requester_address(record: ServiceRecord) -> list[str]:
+    return [record.requester.email] if record.requester.email else []
+
+
+def notify(
+    *,
+    record: ServiceRecord,
+    to: list[str],
+    template: str,
+    context: dict,
+    kind: str = Kind.NOTIFICATION,
+) -> None:
+    if not to:
+        return
+    context = {"record": record, **context}
+    subject = render_to_string(f"emails/{template}.subject.txt", context).strip()
+    text = render_to_string(f"emails/{template}.txt", context)
+    queue_email(
+        kind=kind,
+        to=to,
+        subject=record_subject(subject=subject, number=record.pk),
+        text=text,
+        html=render_to_string("emails/base.html", {"text": text}),
+        record=record,
+        automatic=True,
+    )
+
+
+@receiver(signals.record_created)
+def on_record_created(sender, record: ServiceRecord, message=None, automatic=False, **kwargs):
+    if automatic:
+        return  # no automatic email answers an auto-reply or a bounce
+    settings = NotificationSettings.current()
+    if settings.end_user_on_created:
+        notify(
+            record=record,
+            to=requester_address(record),
+            template="record_created_end_user",
+            context={"message": message},
+        )
+    if settings.admins_on_created:
+        notify(
+            record=record,
+            to=admin_addresses(record),
+            template="record_created_admin",
+            context={"message": message},
+        )
+
+
+@receiver(signals.message_added)
+def on_message_added(sender, message: Message, automatic=False, **kwargs):
+    if automatic:
+        return
+    settings = NotificationSettings.current()
+    record = message.record
+    if settings.admins_on_updated:
+        notify(
+            record=record,
+            to=admin_addresses(record),
+            template="record_updated_admin",
+            context={"message": message},
+        )
+    if settings.end_user_on_updated:
+        notify(
+            record=record,
+            to=requester_address(record),
+            template="record_updated_end_user",
+            context={"message": message},
+        )
+
+
+@receiver(signals.record_details_changed)
+def on_details_changed(sender, record: ServiceRecord, actor=None, changes=None, **kwargs):
+    settings = NotificationSettings.current()
+    context = {"changes": changes or {}, "actor": actor}
+    if settings.end_user_on_details_changed and "status" in (changes or {}):
+        notify(
+            record=record,
+            to=requester_address(record),
+            template="details_changed_end_user",
+            context=context,
+        )
+    if settings.admins_on_details_changed:
+        notify(
+            record=record,
+            to=admin_addresses(record, exclude=actor),
+            template="details_changed_admin",
+            context=context,
+        )
+
+
+@receiver(signals.record_escalated)
+def on_escalated(sender, record: ServiceRecord, **kwargs):
+    if NotificationSettings.current().admins_on_escalated:
+        notify(record=record, to=admin_addresses(record), template="record_escalated", context={})
+
+
+@receiver(signals.agent_replied)
+def on_agent_replied(sender, message: Message, integration_id: int | None = None, **kwargs):
+    """An agent's reply is a person's email: never capped, always threaded."""
+    record = message.record
+    integration = None
+    if integration_id is not None:
+        integration = EmailIntegration.objects.filter(
+            pk=integration_id, outgoing_enabled=True
+        ).first()
+    queue_email(
+        kind=Kind.REPLY,
+        to=requester_address(record),
+        subject=record_subject(subject=f"Re: {record.title}", number=record.pk),
+        text=message.text_body,
+        record=record,
+        integration=integration,
+        log_message=message,
+        automatic=False,
+    )

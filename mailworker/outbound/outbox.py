@@ -1,0 +1,293 @@
+"""The outbox: every email the desk sends is first a row, written in the transaction of the
+event that caused it, composed there (so retries send the same bytes and the Message-ID is
+known at once), and sent by a Celery task after the commit.
+
+Guards, applied when queueing: never to an address one of our incoming integrations reads
+(the desk would mail itself), and at most AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR automatic
+emails to one address an hour (loops with auto-responders stop there).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from integrations.models import EmailIntegration
+from integrations.services import addresses_read_by_incoming_integrations
+from mailworker.models import OutboxEmail
+from mailworker.outbound.compose import compose
+from mailworker.outbound.smtp import Envelope, SmtpFailure, send_envelopes
+from records.models import Direction, Message, ServiceRecord
+from records.services import add_message
+
+logger = logging.getLogger(__name__)
+State = OutboxEmail.State
+MAX_ATTEMPTS = 10
+CLAIM_TIMEOUT = timedelta(minutes=10)  # a row "sending" longer than this lost its worker
+SEND_CHUNK = 50  # envelopes per SMTP connection; results are committed after each chunk
+
+
+def sending_integration(*, record: ServiceRecord | None = None) -> EmailIntegration | None:
+    """The record's own integration when it sends, else the default one (system emails too)."""
+    if record is not None and record.source_integration_id:
+        source = record.source_integration
+        if source is not None and source.outgoing_enabled:
+            return source
+    default = EmailIntegration.objects.filter(is_default=True, outgoing_enabled=True).first()
+    return default or EmailIntegration.objects.filter(outgoing_enabled=True).order_by("pk").first()
+
+
+def split_recipients(recipients: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(kept, removed): addresses the desk reads itself are removed, and logged."""
+    ours = addresses_read_by_incoming_integrations()
+    kept, removed, seen = [], [], set()
+    for address in recipients:
+        normalised = address.strip().lower()
+        if not normalised or normalised in seen:
+            continue
+        seen.add(normalised)
+        (removed if normalised in ours else kept).append(address.strip())
+    if removed:
+        logger.info("outbox: not sending to %s: an incoming integration reads it", removed)
+    return kept, removed
+
+
+def over_automatic_cap(recipient: str) -> bool:
+    since = timezone.now() - timedelta(hours=1)
+    sent_or_queued = OutboxEmail.objects.filter(
+        recipient=recipient.lower(),
+        is_automatic=True,
+        created_at__gte=since,
+    ).exclude(state=State.SUPPRESSED)
+    return sent_or_queued.count() >= settings.AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR
+
+
+def record_thread(record: ServiceRecord) -> tuple[str, list[str]]:
+    """(In-Reply-To, References) for a new email about this record: its earlier emails."""
+    ids = list(
+        Message.objects.filter(record=record)
+        .exclude(message_id="")
+        .order_by("created_at", "id")
+        .values_list("message_id", flat=True)
+    )
+    return (ids[-1] if ids else ""), ids
+
+
+@dataclass
+class Queued:
+    rows: list[OutboxEmail] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+def queue_email(
+    *,
+    kind: str,
+    to: Sequence[str],
+    subject: str,
+    text: str,
+    html: str = "",
+    record: ServiceRecord | None = None,
+    integration: EmailIntegration | None = None,
+    log_message: Message | None = None,
+    automatic: bool = True,
+    attached_email: bytes = b"",
+) -> Queued:
+    """Compose and queue an email; sending starts once the caller's transaction commits."""
+    integration = integration or sending_integration(record=record)
+    kept, removed = split_recipients(to)
+    result = Queued(removed=removed)
+    if not kept:
+        return result
+    in_reply_to, references = record_thread(record) if record is not None else ("", [])
+    # Automatic emails go one recipient a row: the cap counts per recipient.
+    groups = [[address] for address in kept] if automatic else [kept]
+    for recipients in groups:
+        row = OutboxEmail(
+            kind=kind,
+            integration=integration,
+            record=record,
+            to_addresses=recipients,
+            recipient=recipients[0].lower() if automatic else "",
+            subject=subject[:998],
+            text_body=text,
+            attached_email=attached_email,
+            is_automatic=automatic,
+            log_message=log_message,
+            next_attempt_at=timezone.now(),
+        )
+        if integration is None:
+            row.state = State.FAILED
+            row.last_error = (
+                "No integration can send email: turn on Outgoing Emails on the default "
+                "integration (Settings > Email)."
+            )
+        elif automatic and over_automatic_cap(recipients[0]):
+            row.state = State.SUPPRESSED
+            row.last_error = (
+                f"more than {settings.AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR} automatic emails "
+                f"to {recipients[0]} within an hour (a loop with an auto-responder?)"
+            )
+        else:
+            composed = compose(
+                integration=integration,
+                to=recipients,
+                subject=subject,
+                text=text,
+                html=html,
+                in_reply_to=in_reply_to,
+                references=references,
+                automatic=automatic,
+                attached_email=attached_email,
+            )
+            row.raw_message, row.message_id = composed.raw, composed.message_id
+            row.sender_address = composed.sender
+            row.in_reply_to = in_reply_to
+        row.save()
+        result.rows.append(row)
+    if log_message is not None and result.rows and result.rows[0].message_id:
+        Message.objects.filter(pk=log_message.pk).update(
+            message_id=result.rows[0].message_id,
+            in_reply_to=in_reply_to,
+            references=" ".join(references),
+            from_address=integration.email_address if integration else "",
+            to_addresses=kept,
+        )
+    transaction.on_commit(request_sending)
+    return result
+
+
+def request_sending() -> None:
+    """Ask a worker to drain the outbox now (beat also does it regularly)."""
+    from mailworker.tasks import send_outbox
+
+    if not settings.OUTBOX_SEND_ON_COMMIT:
+        return
+    try:
+        send_outbox.delay()
+    except Exception:  # the broker is down: beat's regular run sends it later
+        logger.warning("outbox: could not queue the send task; beat will retry", exc_info=True)
+
+
+# Sending -------------------------------------------------------------------------------
+
+
+def backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(3600, 30 * 2 ** max(0, attempts - 1)))
+
+
+def claim_due(*, limit: int) -> list[OutboxEmail]:
+    """Take up to `limit` due rows for this worker; two workers never take the same row."""
+    now = timezone.now()
+    OutboxEmail.objects.filter(state=State.SENDING, claimed_at__lt=now - CLAIM_TIMEOUT).update(
+        state=State.PENDING
+    )
+    with transaction.atomic():
+        due = (
+            OutboxEmail.objects.select_for_update(skip_locked=True)
+            .filter(state=State.PENDING)
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            .order_by("id")[:limit]
+        )
+        rows = list(due)
+        OutboxEmail.objects.filter(pk__in=[row.pk for row in rows]).update(
+            state=State.SENDING, claimed_at=now
+        )
+    return rows
+
+
+def _mark_sent(row: OutboxEmail, response: str) -> None:
+    with transaction.atomic():
+        OutboxEmail.objects.filter(pk=row.pk).update(
+            state=State.SENT, sent_at=timezone.now(), smtp_response=response[:2000], last_error=""
+        )
+        if row.record_id and row.log_message_id is None:
+            log_message = add_message(
+                record=row.record,
+                direction=Direction.OUTGOING,
+                from_address=row.sender_address,
+                subject=row.subject,
+                text_body=row.text_body,
+                to_addresses=row.to_addresses,
+                message_id=row.message_id,
+                in_reply_to=row.in_reply_to,
+                raw_size=len(row.raw_message),
+                integration=row.integration,
+            )
+            OutboxEmail.objects.filter(pk=row.pk).update(log_message=log_message)
+
+
+def _mark_failed(row: OutboxEmail, error: str, *, temporary: bool) -> None:
+    attempts = row.attempts + 1
+    give_up = not temporary or attempts >= MAX_ATTEMPTS
+    OutboxEmail.objects.filter(pk=row.pk).update(
+        state=State.FAILED if give_up else State.PENDING,
+        attempts=attempts,
+        last_error=error[:5000],
+        next_attempt_at=None if give_up else timezone.now() + backoff(attempts),
+    )
+
+
+@dataclass
+class SendReport:
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+
+
+def send_rows(rows: list[OutboxEmail], report: SendReport) -> None:
+    by_integration: dict[int, list[OutboxEmail]] = {}
+    for row in rows:
+        by_integration.setdefault(row.integration_id, []).append(row)
+    for group in by_integration.values():
+        integration = group[0].integration
+        for start in range(0, len(group), SEND_CHUNK):
+            chunk = group[start : start + SEND_CHUNK]
+            envelopes = [
+                Envelope(
+                    sender=row.sender_address,
+                    recipients=row.to_addresses,
+                    message=bytes(row.raw_message),
+                )
+                for row in chunk
+            ]
+            try:
+                deliveries = send_envelopes(integration, envelopes)
+            except SmtpFailure as failure:
+                for row in chunk:
+                    # The session failed (server down, password changed): retry with back-off,
+                    # since an admin's fix makes the same email go out.
+                    _mark_failed(row, failure.problem.message, temporary=True)
+                    report.retrying += 1
+                continue
+            for row, delivery in zip(chunk, deliveries, strict=True):
+                if delivery.accepted:
+                    _mark_sent(row, delivery.response)
+                    report.sent += 1
+                else:
+                    problem = delivery.problem
+                    temporary = problem.temporary if problem else True
+                    _mark_failed(
+                        row, problem.message if problem else "not accepted", temporary=temporary
+                    )
+                    if temporary and row.attempts + 1 < MAX_ATTEMPTS:
+                        report.retrying += 1
+                    else:
+                        report.failed += 1
+
+
+def send_due(*, batch: int = 200, max_rounds: int = 50) -> SendReport:
+    """Send everything due now, batch by batch."""
+    report = SendReport()
+    for _round in range(max_rounds):
+        rows = claim_due(limit=batch)
+        if not rows:
+            break
+        send_rows(rows, report)
+    return report

@@ -1,0 +1,426 @@
+"""SMTP transport: one connection per batch of envelopes, and errors an admin can act on.
+
+`send_envelopes` opens one session with the integration's encryption and credentials, sends
+every envelope over it, and answers with one `Delivery` per envelope. Only a session that
+cannot be opened at all (connection refused, TLS, certificate, AUTH) raises `SmtpFailure`;
+what goes wrong with one message (sender or recipients refused, DATA refused, the connection
+lost halfway) is that message's `Delivery`, so the rest of the batch still goes out and the
+outbox records an answer for every row.
+
+aiosmtplib is asynchronous; the desk's callers (Celery tasks, management commands, views) are
+not, so each call runs its own event loop with `asyncio.run`. It therefore cannot be called
+from a thread that already runs an event loop: call it from a worker thread there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aiosmtplib
+from django.core.mail.utils import DNS_NAME
+
+from integrations.models import EmailIntegration, Encryption
+from mailworker.mailboxes.tls import describe_connection_error, ssl_context_for
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Envelope:
+    sender: str  # envelope MAIL FROM
+    recipients: list[str]  # RCPT TO
+    message: bytes  # the whole RFC 5322 message, CRLF line endings
+
+
+@dataclass(frozen=True)
+class SmtpProblem:
+    """What went wrong, in words for an admin, and which field of the integration to fix.
+
+    kind: connection, tls, auth, sender, recipient, timeout, protocol or message.
+    field: the form field it concerns ("" when none does, e.g. a refused recipient).
+    temporary: worth retrying later (refused connection, timeout, 4xx) or not (5xx, TLS, auth).
+    """
+
+    kind: str
+    field: str
+    message: str
+    temporary: bool
+
+
+@dataclass(frozen=True)
+class Delivery:
+    accepted: bool  # the server accepted the message for at least one recipient
+    response: str  # the server's answer to DATA, e.g. "250 2.0.0 Ok: queued as X"
+    refused: dict[str, str] = field(default_factory=dict)  # recipient -> "550 5.1.1 ..."
+    problem: SmtpProblem | None = None  # why it was not accepted (None when accepted)
+
+
+class SmtpFailure(Exception):
+    """The session could not be opened (connect, TLS, AUTH): nothing of the batch was sent."""
+
+    def __init__(self, problem: SmtpProblem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+def send_envelopes(
+    integration: EmailIntegration,
+    envelopes: Sequence[Envelope],
+    *,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+) -> list[Delivery]:
+    """Send the envelopes over one SMTP session of the integration; one Delivery each, in order.
+
+    Raises SmtpFailure only when the session cannot be established. Runs its own event loop:
+    it cannot be called from inside a running one (asyncio.run refuses).
+    """
+    if not envelopes:
+        return []
+    return asyncio.run(_send_batch(integration, list(envelopes), timeout=timeout))
+
+
+# The session ------------------------------------------------------------------------------
+
+
+class _Session:
+    """Opens the connection the integration describes; every failure becomes SmtpFailure."""
+
+    def __init__(self, integration: EmailIntegration, *, timeout: float) -> None:
+        self.integration = integration
+        self.host = integration.smtp_host.strip()
+        self.port = integration.effective_smtp_port
+        self.encryption = integration.smtp_encryption
+        self.timeout = timeout
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def open(self) -> aiosmtplib.SMTP:
+        context = self._tls_context()
+        client = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            use_tls=self.encryption == Encryption.SSL,
+            # STARTTLS is done below, by hand: aiosmtplib would quietly stay in clear text
+            # when the server does not offer it.
+            start_tls=False,
+            tls_context=context,
+            timeout=self.timeout,
+            # Django's cached FQDN: socket.getfqdn() can wait for DNS on every connection.
+            local_hostname=str(DNS_NAME),
+        )
+        try:
+            await self._run(client.connect(), action="connecting")
+            await self._run(client.ehlo(), action="greeting the server (EHLO)")
+            if self.encryption in (Encryption.TLS, Encryption.TLS12):
+                await self._start_tls(client, context)
+            if self.integration.smtp_username:
+                await self._log_in(client)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if self.encryption == Encryption.NONE:
+            return None
+        try:
+            context = ssl_context_for(self.integration)
+        except (ssl.SSLError, ValueError) as exc:
+            raise SmtpFailure(
+                SmtpProblem(
+                    kind="tls",
+                    field="ca_certificate",
+                    message=f"The CA certificate of the integration cannot be used: {exc}.",
+                    temporary=False,
+                )
+            ) from exc
+        if self.encryption == Encryption.TLS12:
+            # ssl_context_for() reads the incoming encryption; this is the outgoing one.
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    async def _start_tls(self, client: aiosmtplib.SMTP, context: ssl.SSLContext | None) -> None:
+        if not client.supports_extension("starttls"):
+            raise SmtpFailure(
+                SmtpProblem(
+                    kind="tls",
+                    field="smtp_encryption",
+                    message=(
+                        f"{self.where} does not offer STARTTLS, which the integration's "
+                        "encryption requires: nothing was sent in clear text. Choose SSL/TLS "
+                        "(usually port 465) if the server has it, or check the port."
+                    ),
+                    temporary=False,
+                )
+            )
+        await self._run(client.starttls(tls_context=context), action="starting TLS (STARTTLS)")
+        # The server's extensions (AUTH among them) must be asked again over TLS (RFC 3207).
+        await self._run(client.ehlo(), action="greeting the server over TLS (EHLO)")
+
+    async def _log_in(self, client: aiosmtplib.SMTP) -> None:
+        username = self.integration.smtp_username
+        if not client.supports_extension("auth"):
+            clear = client.get_transport_info("sslcontext") is None
+            raise SmtpFailure(
+                SmtpProblem(
+                    kind="auth",
+                    field="smtp_encryption" if clear else "smtp_username",
+                    message=(
+                        f"{self.where} does not offer authentication (AUTH)"
+                        + (
+                            " over a clear-text connection: choose STARTTLS or SSL/TLS."
+                            if clear
+                            else ": clear the username to send without logging in."
+                        )
+                    ),
+                    temporary=False,
+                )
+            )
+        try:
+            await self._run(
+                client.login(username, self.integration.smtp_password),
+                action=f"logging in as {username}",
+            )
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            raise SmtpFailure(
+                SmtpProblem(
+                    kind="auth",
+                    field="smtp_password",
+                    message=(
+                        f"Authentication failed: {self.where} refused the login of {username} "
+                        f"({_answer(exc)}). Check the username and password."
+                    ),
+                    temporary=_is_temporary(exc.code),
+                )
+            ) from exc
+
+    async def _run(self, step, *, action: str):
+        """Await one step of opening the session; turn what it raises into SmtpFailure."""
+        try:
+            return await step
+        except (SmtpFailure, aiosmtplib.SMTPAuthenticationError):
+            raise
+        except aiosmtplib.SMTPResponseException as exc:
+            raise SmtpFailure(
+                SmtpProblem(
+                    kind="protocol",
+                    field="smtp_host",
+                    message=f"{self.where} answered {_answer(exc)} while {action}.",
+                    temporary=_is_temporary(exc.code),
+                )
+            ) from exc
+        except (aiosmtplib.SMTPException, OSError, EOFError) as exc:
+            raise SmtpFailure(self._connection_problem(exc, action=action)) from exc
+
+    def _connection_problem(self, exc: BaseException, *, action: str) -> SmtpProblem:
+        cause = _root_cause(exc)
+        message = describe_connection_error(cause, host=self.host, port=self.port, action=action)
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return SmtpProblem(
+                kind="tls",
+                field="ca_certificate",
+                message=(
+                    f"The server certificate of {self.where} is not trusted "
+                    f"({cause.verify_message}). Paste the CA certificate that signed it on the "
+                    "integration, or turn off certificate verification (test servers only)."
+                ),
+                temporary=False,
+            )
+        if isinstance(cause, ssl.SSLError):
+            return SmtpProblem(
+                kind="tls", field="smtp_encryption", message=message, temporary=False
+            )
+        if isinstance(cause, TimeoutError):
+            return SmtpProblem(kind="timeout", field="smtp_host", message=message, temporary=True)
+        if isinstance(cause, ConnectionRefusedError):
+            return SmtpProblem(
+                kind="connection", field="smtp_port", message=message, temporary=True
+            )
+        if isinstance(cause, socket.gaierror):
+            return SmtpProblem(
+                kind="connection", field="smtp_host", message=message, temporary=True
+            )
+        if isinstance(cause, OSError | EOFError):
+            return SmtpProblem(
+                kind="connection", field="smtp_host", message=message, temporary=True
+            )
+        # aiosmtplib's own words: "Connection lost", "Timed out waiting for ...", ...
+        text = getattr(cause, "message", None) or str(cause)
+        return SmtpProblem(
+            kind="connection",
+            field="smtp_host",
+            message=f"The connection to {self.where} failed while {action}: {text}.",
+            temporary=True,
+        )
+
+
+# The batch ------------------------------------------------------------------------------
+
+
+async def _send_batch(
+    integration: EmailIntegration, envelopes: list[Envelope], *, timeout: float
+) -> list[Delivery]:
+    session = _Session(integration, timeout=timeout)
+    client = await session.open()
+    deliveries: list[Delivery] = []
+    try:
+        for envelope in envelopes:
+            if not client.is_connected:
+                break
+            try:
+                deliveries.append(await _deliver(client, envelope))
+            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+                # Lost halfway: this message and the rest wait for the next attempt. Whether
+                # a message cut off during DATA arrived is unknowable; retrying may repeat it.
+                problem = _lost(session, exc)
+                deliveries.append(_not_sent(problem))
+                # A timed-out connection may still look open: do not wait for a QUIT too.
+                client.close()
+                break
+        if len(deliveries) < len(envelopes):
+            problem = SmtpProblem(
+                kind="connection",
+                field="smtp_host",
+                message=f"The connection to {session.where} was lost before this email was sent.",
+                temporary=True,
+            )
+            deliveries.extend(_not_sent(problem) for _ in envelopes[len(deliveries) :])
+    finally:
+        await _quit(client)
+    return deliveries
+
+
+async def _deliver(client: aiosmtplib.SMTP, envelope: Envelope) -> Delivery:
+    addresses = [envelope.sender, *envelope.recipients]
+    options = ["SMTPUTF8"] if any(not address.isascii() for address in addresses) else None
+    try:
+        refused, response = await client.sendmail(
+            envelope.sender, envelope.recipients, envelope.message, mail_options=options
+        )
+    except aiosmtplib.SMTPSenderRefused as exc:
+        return _not_sent(
+            SmtpProblem(
+                kind="sender",
+                field="email_address",
+                message=(
+                    f"The server refused the sender {envelope.sender} ({_answer(exc)}). "
+                    "Check the email address: the SMTP account must be allowed to send as it."
+                ),
+                temporary=_is_temporary(exc.code),
+            )
+        )
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        refused = {error.recipient: _answer(error) for error in exc.recipients}
+        listed = "; ".join(f"{address}: {answer}" for address, answer in refused.items())
+        return Delivery(
+            accepted=False,
+            response="",
+            refused=refused,
+            problem=SmtpProblem(
+                kind="recipient",
+                field="",
+                message=f"The server refused every recipient: {listed}.",
+                temporary=all(_is_temporary(error.code) for error in exc.recipients),
+            ),
+        )
+    except aiosmtplib.SMTPDataError as exc:
+        return _not_sent(
+            SmtpProblem(
+                kind="message",
+                field="",
+                message=f"The server refused the email itself ({_answer(exc)}).",
+                temporary=_is_temporary(exc.code),
+            )
+        )
+    except aiosmtplib.SMTPNotSupported as exc:
+        return _not_sent(
+            SmtpProblem(kind="message", field="", message=f"{exc.message}.", temporary=False)
+        )
+    except ValueError as exc:
+        # aiosmtplib checks every address before sending anything: a line break or a
+        # malformed address never reaches the server.
+        return _not_sent(
+            SmtpProblem(
+                kind="recipient",
+                field="",
+                message=f"An address cannot be sent to: {exc}.",
+                temporary=False,
+            )
+        )
+    except aiosmtplib.SMTPResponseException as exc:
+        if exc.code == 421:  # the server is closing the connection
+            raise aiosmtplib.SMTPServerDisconnected(_answer(exc)) from exc
+        return _not_sent(
+            SmtpProblem(
+                kind="protocol",
+                field="",
+                message=f"The server answered {_answer(exc)}.",
+                temporary=_is_temporary(exc.code),
+            )
+        )
+    return Delivery(
+        accepted=True,
+        response=_data_answer(response),
+        refused={address: _answer(answer) for address, answer in refused.items()},
+    )
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    if client.is_connected:
+        # Everything is sent: a QUIT that fails changes nothing.
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await client.quit()
+    client.close()
+
+
+# Helpers --------------------------------------------------------------------------------
+
+
+def _not_sent(problem: SmtpProblem) -> Delivery:
+    return Delivery(accepted=False, response="", refused={}, problem=problem)
+
+
+def _lost(session: _Session, exc: BaseException) -> SmtpProblem:
+    timed_out = isinstance(exc, TimeoutError)
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return SmtpProblem(
+        kind="timeout" if timed_out else "connection",
+        field="smtp_host",
+        message=f"The connection to {session.where} was lost while sending ({text}).",
+        temporary=True,
+    )
+
+
+def _answer(exc) -> str:
+    """The server's code and words, as a person would quote them: "550 5.1.1 No such user"."""
+    return f"{exc.code} {exc.message}".strip()
+
+
+def _data_answer(message: str) -> str:
+    # aiosmtplib gives the text of the answer to DATA without its code: 250 is the only
+    # code that reaches this point.
+    return f"250 {message}".strip()
+
+
+def _is_temporary(code: int) -> bool:
+    return 400 <= code < 500
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """aiosmtplib wraps OSError and ssl errors in its own (SMTPConnectError from an OSError):
+    the innermost OSError says what really happened. Below it there may be asyncio's
+    CancelledError of a timeout, which says nothing to an admin."""
+    found, seen = exc, set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError | EOFError):
+            found = exc
+        exc = exc.__cause__
+    return found

@@ -1,0 +1,19 @@
+"""Domain events of records. `records` only says what happened; the mail engine listens and
+decides what to send (DESIGN.md: imports point one way). Every signal is sent inside the
+transaction of the change, so what a receiver writes (the outbox) commits with it.
+"""
+
+from django.dispatch import Signal
+
+# record: ServiceRecord; message: the first Message or None; automatic: bool
+record_created = Signal()
+# message: an incoming Message added to an existing record's log; automatic: bool (an
+# auto-reply or a bounce, which never triggers a notification)
+message_added = Signal()
+# record, actor (User or None), changes: dict[field name, (old display, new display)]
+record_details_changed = Signal()
+# message: the outgoing Message an agent wrote; integration_id: int | None (None: the
+# usual sending integration)
+agent_replied = Signal()
+# record: a record whose due date has passed
+record_escalated = Signal()
