@@ -249,6 +249,12 @@ class EmailIntegration(models.Model):
     last_success_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(
+        default=0, help_text="Failed passes or sends in a row; 0 after a success."
+    )
+    failure_alert_sent_at = models.DateTimeField(
+        null=True, blank=True, help_text="When admins were alerted about the current failures."
+    )
     subject_regex_timed_out_at = models.DateTimeField(
         null=True,
         blank=True,

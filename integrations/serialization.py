@@ -125,6 +125,8 @@ NOT_EXPORTED = frozenset(
         "last_error",
         "last_error_at",
         "subject_regex_timed_out_at",
+        "consecutive_failures",
+        "failure_alert_sent_at",
         "created_at",
         "updated_at",
     }

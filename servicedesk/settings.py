@@ -162,6 +162,8 @@ MAX_INCOMING_EMAIL_BYTES = env.int("MAX_INCOMING_EMAIL_BYTES", default=25 * 1024
 AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR = env.int(
     "AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR", default=10
 )
+# Failed passes (or sends) in a row after which admins get one alert about an integration.
+INTEGRATION_FAILURES_BEFORE_ALERT = env.int("INTEGRATION_FAILURES_BEFORE_ALERT", default=3)
 OUTBOX_SEND_SECONDS = env.int("OUTBOX_SEND_SECONDS", default=30)
 # Queue the send task as soon as an email is committed (beat's regular run is the fallback).
 OUTBOX_SEND_ON_COMMIT = env.bool("OUTBOX_SEND_ON_COMMIT", default=True)

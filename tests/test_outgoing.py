@@ -355,3 +355,28 @@ def test_1000_notifications_through_the_outbox(quiet, smtp_server, smtp_integrat
     assert Message.objects.filter(record=record, direction="out").count() == 1000
     with capsys.disabled():
         print(f"\n1,000 notifications from the outbox to aiosmtpd: {elapsed:.2f} s")
+
+
+def test_a_failing_integration_alerts_admins_once_and_recovers_by_itself(
+    smtp_integration, dovecot_integration, admin_user, settings
+) -> None:
+    settings.INTEGRATION_FAILURES_BEFORE_ALERT = 3
+    smtp_integration(encryption="tls")
+    mailbox = dovecot_integration(protocol="imap", encryption="ssl")
+    password = mailbox.incoming_password
+    EmailIntegration.objects.filter(pk=mailbox.pk).update(incoming_password="wrong")
+    mailbox.refresh_from_db()
+    alerts = OutboxEmail.objects.filter(kind=OutboxEmail.Kind.SYSTEM_ALERT)
+    for _ in range(5):
+        assert run_pass(integration=mailbox).failed
+    (alert,) = alerts
+    assert alert.to_addresses == [admin_user.email]
+    assert mailbox.name in alert.subject
+    assert "failed to fetch email 3 times in a row" in alert.text_body
+
+    EmailIntegration.objects.filter(pk=mailbox.pk).update(incoming_password=password)
+    mailbox.refresh_from_db()
+    assert not run_pass(integration=mailbox).failed
+    mailbox.refresh_from_db()
+    assert (mailbox.consecutive_failures, mailbox.failure_alert_sent_at) == (0, None)
+    assert alerts.count() == 1

@@ -242,6 +242,8 @@ class SendReport:
 
 
 def send_rows(rows: list[OutboxEmail], report: SendReport) -> None:
+    from mailworker.health import note_failure, note_success  # health queues via this module
+
     by_integration: dict[int, list[OutboxEmail]] = {}
     for row in rows:
         by_integration.setdefault(row.integration_id, []).append(row)
@@ -260,12 +262,16 @@ def send_rows(rows: list[OutboxEmail], report: SendReport) -> None:
             try:
                 deliveries = send_envelopes(integration, envelopes)
             except SmtpFailure as failure:
+                note_failure(
+                    integration=integration, direction="send email", error=failure.problem.message
+                )
                 for row in chunk:
                     # The session failed (server down, password changed): retry with back-off,
                     # since an admin's fix makes the same email go out.
                     _mark_failed(row, failure.problem.message, temporary=True)
                     report.retrying += 1
                 continue
+            note_success(integration=integration)
             for row, delivery in zip(chunk, deliveries, strict=True):
                 if delivery.accepted:
                     _mark_sent(row, delivery.response)

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from integrations.models import EmailIntegration
 from integrations.services import addresses_read_by_incoming_integrations
+from mailworker.health import note_failure, note_success
 from mailworker.mailboxes.base import DEFAULT_BATCH_SIZE, Mailbox, MailboxError
 from mailworker.mailboxes.factory import open_mailbox
 from mailworker.pipeline.process import ALREADY_PROCESSED, ProcessResult, process_raw
@@ -64,10 +65,18 @@ def record_poll(integration: EmailIntegration, report: PassReport) -> None:
     now = timezone.now()
     fields = {"last_polled_at": now}
     if report.failed:
-        fields |= {"last_error": "; ".join(report.errors)[:10_000], "last_error_at": now}
+        error = "; ".join(report.errors)[:10_000]
+        fields |= {"last_error": error, "last_error_at": now}
     else:
         fields |= {"last_success_at": now, "last_error": ""}
     EmailIntegration.objects.filter(pk=integration.pk).update(**fields)
+    try:
+        if report.failed:
+            note_failure(integration=integration, direction="fetch email", error=error)
+        else:
+            note_success(integration=integration)
+    except Exception:  # the database is down too: the pass report still says what failed
+        logger.exception("integration %s: could not record the pass", integration.name)
 
 
 def drain_mailbox(
