@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from records.models import Message, ServiceRecord
+from django.db.models import Q, QuerySet
+
+from integrations.models import EmailIntegration
+from records.models import Message, ServiceRecord, User
 
 
 def record_by_message_ids(*, message_ids: Iterable[str]) -> ServiceRecord | None:
@@ -24,3 +27,87 @@ def record_by_message_ids(*, message_ids: Iterable[str]) -> ServiceRecord | None
 def existing_records(*, numbers: Iterable[int]) -> dict[int, ServiceRecord]:
     numbers = list(numbers)
     return {record.pk: record for record in ServiceRecord.objects.filter(pk__in=numbers)}
+
+
+def _number_in(query: str) -> int | None:
+    """The record number a search names: "#123" or "123", else None."""
+    text = query.strip().removeprefix("#").strip()
+    return int(text) if text.isdigit() and len(text) < 10 else None
+
+
+def search_records(
+    *,
+    query: str = "",
+    status_id: int | None = None,
+    assignee_id: int | None = None,
+    unassigned: bool = False,
+) -> QuerySet[ServiceRecord]:
+    """Records for the agents' list, most recently updated first.
+
+    A query that is a number ("#123" or "123") finds that record; any other text must match,
+    word by word, the title or the requester's address or name.
+    """
+    records = ServiceRecord.objects.select_related("status", "requester", "assigned_admin")
+    query = query.strip()
+    number = _number_in(query)
+    if number is not None:
+        records = records.filter(pk=number)
+    else:
+        for word in query.split():
+            records = records.filter(
+                Q(title__icontains=word)
+                | Q(requester__email__icontains=word)
+                | Q(requester__first_name__icontains=word)
+                | Q(requester__last_name__icontains=word)
+            )
+    if status_id is not None:
+        records = records.filter(status_id=status_id)
+    if unassigned:
+        records = records.filter(assigned_admin__isnull=True)
+    elif assignee_id is not None:
+        records = records.filter(assigned_admin_id=assignee_id)
+    return records.order_by("-updated_at", "-pk")
+
+
+def record_for_page(*, pk: int) -> ServiceRecord:
+    """A record with everything its page shows about it; raises DoesNotExist."""
+    return ServiceRecord.objects.select_related(
+        "status", "requester", "assigned_admin", "group", "category", "source_integration"
+    ).get(pk=pk)
+
+
+def message_log(*, record: ServiceRecord) -> QuerySet[Message]:
+    """The record's whole message log, oldest first, with attachments and delivery state."""
+    prefetch = ["attachments"]
+    # The outbox belongs to the mail engine, which records never imports; its reverse
+    # relation is there whenever the mail engine is installed.
+    if hasattr(Message, "outbox"):
+        prefetch.append("outbox")
+    return (
+        Message.objects.filter(record=record)
+        .select_related("author")
+        .prefetch_related(*prefetch)
+        .order_by("created_at", "id")
+    )
+
+
+def agents() -> QuerySet[User]:
+    """Staff who can be assigned a record."""
+    return User.objects.filter(is_staff=True, is_active=True).order_by(
+        "first_name", "last_name", "username"
+    )
+
+
+def sending_integrations() -> list[EmailIntegration]:
+    return list(EmailIntegration.objects.filter(outgoing_enabled=True).order_by("name", "pk"))
+
+
+def default_reply_integration(
+    *, record: ServiceRecord, choices: list[EmailIntegration]
+) -> EmailIntegration | None:
+    """The record's own integration when it sends, else the default one, else the first."""
+    by_pk = {integration.pk: integration for integration in choices}
+    if record.source_integration_id in by_pk:
+        return by_pk[record.source_integration_id]
+    default = next((integration for integration in choices if integration.is_default), None)
+    return default or (choices[0] if choices else None)
