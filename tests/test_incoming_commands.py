@@ -160,7 +160,8 @@ def test_every_corpus_email_ends_somewhere_and_nothing_unclean_reaches_the_datab
                     value.encode("utf-8")  # raises on a lone surrogate
     with capsys.disabled():
         print(
-            f"\ncorpus: {len(files)} files, {distinct} distinct: {dict(outcomes)}; "
+            f"\ncorpus: {len(files)} files, {len(emails)} emails, {distinct} distinct: "
+            f"{dict(outcomes)}; "
             f"records {ServiceRecord.objects.count()}, messages {Message.objects.count()}"
         )
         for reason, count in Counter(
