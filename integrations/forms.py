@@ -74,7 +74,9 @@ class EmailIntegrationForm(forms.ModelForm):
         widget=forms.CheckboxSelectMultiple,
     )
     forward_ignored_to = forms.ModelMultipleChoiceField(
-        queryset=get_user_model().objects.filter(is_active=True).order_by("username"),
+        queryset=get_user_model()
+        .objects.filter(is_active=True, is_staff=True)
+        .order_by("username"),
         required=False,
         label="Forward ignored emails to",
         widget=forms.SelectMultiple(attrs={"size": 4}),

@@ -320,7 +320,9 @@ class EmailIntegration(models.Model):
     @property
     def address(self) -> str:
         """The address shown for the integration: the one it sends as, else the one it reads."""
-        return self.email_address or self.incoming_username
+        if self.outgoing_enabled and self.email_address:
+            return self.email_address
+        return self.incoming_username if self.incoming_enabled else self.email_address
 
     @property
     def has_incoming_password(self) -> bool:

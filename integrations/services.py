@@ -69,7 +69,9 @@ def validate_forward_ignored_to(*, integration: EmailIntegration, users: Iterabl
     problems = []
     for user in users:
         email = (user.email or "").strip().lower()
-        if not email:
+        if not user.is_staff:
+            problems.append(f"{user.username} is not staff (ignored emails are not for end users)")
+        elif not email:
             problems.append(f"{user.username} has no email address")
         elif email in read_here:
             problems.append(f"{user.username}'s address {email} is read by an incoming integration")

@@ -10,12 +10,12 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import F
-from django.template.loader import render_to_string
 from django.utils import timezone
 
 from integrations.models import EmailIntegration
 from mailworker.models import OutboxEmail
 from mailworker.outbound.outbox import queue_email
+from mailworker.outbound.texts import render_subject, render_text
 
 
 def note_success(*, integration: EmailIntegration) -> None:
@@ -46,7 +46,7 @@ def note_failure(*, integration: EmailIntegration, direction: str, error: str) -
         queue_email(
             kind=OutboxEmail.Kind.SYSTEM_ALERT,
             to=[admin.email for admin in admins],
-            subject=render_to_string("emails/integration_failing.subject.txt", context).strip(),
-            text=render_to_string("emails/integration_failing.txt", context),
+            subject=render_subject("emails/integration_failing.subject.txt", context),
+            text=render_text("emails/integration_failing.txt", context),
         )
     return True

@@ -15,10 +15,24 @@ from integrations.models import EmailIntegration
 from mailworker.models import NotificationSettings, OutboxEmail
 from mailworker.outbound.compose import record_subject
 from mailworker.outbound.outbox import queue_email
+from mailworker.outbound.texts import render_subject, render_text
 from records import signals
 from records.models import Message, ServiceRecord
 
 Kind = OutboxEmail.Kind
+
+# How the record's fields are named in emails.
+FIELD_LABELS = {"status": "Status", "assigned_admin": "Assigned admin", "priority": "Priority"}
+
+
+def change_lines(
+    changes: dict[str, tuple[str, str]], *, fields: tuple[str, ...] | None = None
+) -> list[tuple[str, str, str]]:
+    return [
+        (FIELD_LABELS.get(field, field), old, new)
+        for field, (old, new) in changes.items()
+        if fields is None or field in fields
+    ]
 
 
 def admin_addresses(record: ServiceRecord, *, exclude: object = None) -> list[str]:
@@ -50,8 +64,8 @@ def notify(
     if not to:
         return
     context = {"record": record, **context}
-    subject = render_to_string(f"emails/{template}.subject.txt", context).strip()
-    text = render_to_string(f"emails/{template}.txt", context)
+    subject = render_subject(f"emails/{template}.subject.txt", context)
+    text = render_text(f"emails/{template}.txt", context)
     queue_email(
         kind=kind,
         to=to,
@@ -67,20 +81,21 @@ def notify(
 def on_record_created(sender, record: ServiceRecord, message=None, automatic=False, **kwargs):
     if automatic:
         return  # no automatic email answers an auto-reply or a bounce
-    settings = NotificationSettings.current()
-    if settings.end_user_on_created:
+    choices = NotificationSettings.current()
+    context = {"message": message}
+    if choices.end_user_on_created:
         notify(
             record=record,
             to=requester_address(record),
             template="record_created_end_user",
-            context={"message": message},
+            context=context,
         )
-    if settings.admins_on_created:
+    if choices.admins_on_created:
         notify(
             record=record,
             to=admin_addresses(record),
             template="record_created_admin",
-            context={"message": message},
+            context=context,
         )
 
 
@@ -88,41 +103,43 @@ def on_record_created(sender, record: ServiceRecord, message=None, automatic=Fal
 def on_message_added(sender, message: Message, automatic=False, **kwargs):
     if automatic:
         return
-    settings = NotificationSettings.current()
+    choices = NotificationSettings.current()
     record = message.record
-    if settings.admins_on_updated:
+    context = {"message": message}
+    if choices.admins_on_updated:
         notify(
             record=record,
             to=admin_addresses(record),
             template="record_updated_admin",
-            context={"message": message},
+            context=context,
         )
-    if settings.end_user_on_updated:
+    if choices.end_user_on_updated:
         notify(
             record=record,
             to=requester_address(record),
             template="record_updated_end_user",
-            context={"message": message},
+            context=context,
         )
 
 
 @receiver(signals.record_details_changed)
 def on_details_changed(sender, record: ServiceRecord, actor=None, changes=None, **kwargs):
-    settings = NotificationSettings.current()
-    context = {"changes": changes or {}, "actor": actor}
-    if settings.end_user_on_details_changed and "status" in (changes or {}):
+    choices = NotificationSettings.current()
+    changes = changes or {}
+    # The end user hears about the status only: who works on it is the desk's business.
+    if choices.end_user_on_details_changed and "status" in changes:
         notify(
             record=record,
             to=requester_address(record),
             template="details_changed_end_user",
-            context=context,
+            context={"changes": change_lines(changes, fields=("status",))},
         )
-    if settings.admins_on_details_changed:
+    if choices.admins_on_details_changed:
         notify(
             record=record,
             to=admin_addresses(record, exclude=actor),
             template="details_changed_admin",
-            context=context,
+            context={"changes": change_lines(changes), "actor": actor},
         )
 
 
@@ -146,6 +163,7 @@ def on_agent_replied(sender, message: Message, integration_id: int | None = None
         to=requester_address(record),
         subject=record_subject(subject=f"Re: {record.title}", number=record.pk),
         text=message.text_body,
+        html=render_to_string("emails/base.html", {"text": message.text_body}),
         record=record,
         integration=integration,
         log_message=message,

@@ -5,7 +5,9 @@ from django.shortcuts import redirect, render
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    """Admins land on Settings > Email; others see what they may do."""
-    if request.user.has_perm("integrations.view_emailintegration"):
+    """Agents land on their records, admins without records on Settings > Email."""
+    if request.user.is_staff and request.user.has_perm("records.view_servicerecord"):
+        return redirect("records:list")
+    if request.user.is_staff and request.user.has_perm("integrations.view_emailintegration"):
         return redirect("integrations:list")
     return render(request, "home.html")

@@ -514,7 +514,9 @@ def test_unknown_status_name_is_refused(tmp_path: Path) -> None:
 def test_forward_ignored_to_finds_users_by_username_or_email(
     admin_user: Any, django_user_model: Any, tmp_path: Path
 ) -> None:
-    agent = django_user_model.objects.create_user(username="agent", email="Agent@Desk.test")
+    agent = django_user_model.objects.create_user(
+        username="agent", email="Agent@Desk.test", is_staff=True
+    )
     run_import(write_json(tmp_path, imap_entry(forward_ignored_to=["admin", "agent@desk.TEST"])))
     integration = EmailIntegration.objects.get(name="Support")
     assert set(integration.forward_ignored_to.all()) == {admin_user, agent}
@@ -535,7 +537,9 @@ def test_unknown_or_inactive_users_are_refused(django_user_model: Any, tmp_path:
 def test_forwarding_to_a_desk_mailbox_is_refused_like_in_the_form(
     django_user_model: Any, tmp_path: Path
 ) -> None:
-    django_user_model.objects.create_user(username="loop", email="support@example.com")
+    django_user_model.objects.create_user(
+        username="loop", email="support@example.com", is_staff=True
+    )
     message = import_error(tmp_path, imap_entry(forward_ignored_to=["loop"]))
     assert (
         "Support: incoming.forward_ignored_to: Cannot forward ignored emails to: loop's" in message
@@ -547,7 +551,9 @@ def test_changing_the_address_onto_a_stored_forward_recipient_is_refused(
     make_integration: Any, django_user_model: Any, tmp_path: Path
 ) -> None:
     stored = make_integration()
-    loop = django_user_model.objects.create_user(username="loop", email="loop@example.com")
+    loop = django_user_model.objects.create_user(
+        username="loop", email="loop@example.com", is_staff=True
+    )
     stored.forward_ignored_to.set([loop])
     data = {"name": "Support", "incoming": {"username": "loop@example.com"}}
 

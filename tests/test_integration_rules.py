@@ -221,9 +221,13 @@ def test_ca_certificate_must_be_pem() -> None:
 
 def test_forward_ignored_to_needs_users_with_their_own_address(django_user_model) -> None:
     integration = save(**incoming_imap())
-    nobody = django_user_model.objects.create_user(username="nomail", email="")
-    desk = django_user_model.objects.create_user(username="desk", email="Support@Example.com")
-    person = django_user_model.objects.create_user(username="person", email="person@example.com")
+    nobody = django_user_model.objects.create_user(username="nomail", email="", is_staff=True)
+    desk = django_user_model.objects.create_user(
+        username="desk", email="Support@Example.com", is_staff=True
+    )
+    person = django_user_model.objects.create_user(
+        username="person", email="person@example.com", is_staff=True
+    )
     with pytest.raises(ValidationError) as exc_info:
         save_integration(integration=integration, forward_ignored_to=[nobody, desk])
     message = errors_of(exc_info)["forward_ignored_to"][0]
@@ -290,7 +294,9 @@ class TestEditions:
 def test_a_mailbox_address_that_another_integration_forwards_to_is_refused(
     django_user_model,
 ) -> None:
-    person = django_user_model.objects.create_user(username="person", email="person@example.com")
+    person = django_user_model.objects.create_user(
+        username="person", email="person@example.com", is_staff=True
+    )
     first = save(**incoming_imap(name="First"))
     save_integration(integration=first, forward_ignored_to=[person])
     with pytest.raises(ValidationError) as exc_info:
@@ -302,7 +308,9 @@ def test_a_mailbox_address_that_another_integration_forwards_to_is_refused(
 
 
 def test_changing_the_mailbox_onto_a_stored_recipient_is_refused(django_user_model) -> None:
-    person = django_user_model.objects.create_user(username="person", email="person@example.com")
+    person = django_user_model.objects.create_user(
+        username="person", email="person@example.com", is_staff=True
+    )
     integration = save(**incoming_imap())
     save_integration(integration=integration, forward_ignored_to=[person])
     integration.incoming_username = "person@example.com"
@@ -317,3 +325,10 @@ def test_sender_lists_must_be_lists_of_strings() -> None:
     errors = errors_of(exc_info)
     assert errors["ignore_senders"] == ["Enter a list of addresses and domains."]
     assert errors["whitelist_senders"] == ["Enter a list of addresses and domains."]
+
+
+def test_ignored_emails_are_never_forwarded_to_end_users(end_user) -> None:
+    integration = save(**incoming_imap())
+    with pytest.raises(ValidationError) as exc_info:
+        save_integration(integration=integration, forward_ignored_to=[end_user])
+    assert "enduser is not staff" in errors_of(exc_info)["forward_ignored_to"][0]

@@ -134,6 +134,7 @@ def test_an_agent_reply_arrives_numbered_and_the_answer_threads_back(
     assert delivered.rcpt_tos == ["jane@customer.test"]
     reply.refresh_from_db()
     assert reply.message_id == message["Message-ID"]
+    assert reply.subject == message["Subject"]  # the log shows what was sent
     assert reply.outbox.get().state == State.SENT
 
     # The end user answers with the number removed from the subject: In-Reply-To still finds it.
@@ -380,3 +381,74 @@ def test_a_failing_integration_alerts_admins_once_and_recovers_by_itself(
     mailbox.refresh_from_db()
     assert (mailbox.consecutive_failures, mailbox.failure_alert_sent_at) == (0, None)
     assert alerts.count() == 1
+
+
+def test_notification_texts_are_plain_text_not_html_escaped(smtp_integration, admin_user):
+    from records import signals
+
+    smtp_integration(encryption="tls")
+    record = a_record(title="Problème d'accès <VPN>")
+    signals.record_created.send(sender=Message, record=record, message=None, automatic=False)
+    to_user = OutboxEmail.objects.get(recipient="jane@customer.test")
+    assert to_user.subject == f"We received your request: Problème d'accès <VPN> [#{record.pk}]"
+    assert "Problème d'accès <VPN>" in to_user.text_body
+    html_part = parsed(bytes(to_user.raw_message)).get_body(("html",)).get_content()
+    assert "&lt;VPN&gt;" in html_part  # the HTML part escapes it once
+
+
+def test_change_notifications_name_fields_and_spare_the_end_user_staff_details(
+    smtp_integration, admin_user, django_user_model
+):
+    smtp_integration(encryption="tls")
+    agent = django_user_model.objects.create_user(
+        username="agent", email="agent@desk.test", is_staff=True
+    )
+    record = a_record()
+    OutboxEmail.objects.all().delete()
+    change_record_details(
+        record=record,
+        actor=admin_user,
+        assigned_admin=agent,
+        status=Status.objects.get(name="In Progress"),
+    )
+    to_user = OutboxEmail.objects.get(recipient="jane@customer.test")
+    assert "Status: New -> In Progress" in to_user.text_body
+    assert "agent" not in to_user.text_body
+    to_agent = OutboxEmail.objects.get(recipient="agent@desk.test")
+    assert "Assigned admin: (none) -> agent" in to_agent.text_body
+    assert "Assigned_admin" not in to_agent.text_body
+
+
+def test_replies_thread_on_what_the_end_user_saw_not_on_admin_notifications(
+    smtp_integration, admin_user
+):
+    smtp_integration(encryption="tls")
+    record = a_record()
+    Message.objects.create(
+        record=record, direction="in", message_id="<from-jane@x>", from_address="jane@customer.test"
+    )
+    Message.objects.create(
+        record=record, direction="out", message_id="<to-admins@x>", to_addresses=["admin@desk.test"]
+    )
+    reply = post_agent_reply(record=record, author=admin_user, body="Hello")
+    row = reply.outbox.get()
+    assert row.in_reply_to == "<from-jane@x>"
+    assert b"to-admins" not in bytes(row.raw_message)
+
+
+def test_an_integration_that_stopped_sending_fails_its_queued_emails(
+    quiet, smtp_server, smtp_integration
+):
+    integration = smtp_integration(encryption="tls")
+    queue_email(
+        kind=OutboxEmail.Kind.NOTIFICATION,
+        to=["jane@customer.test"],
+        subject="s",
+        text="t",
+        automatic=False,
+    )
+    EmailIntegration.objects.filter(pk=integration.pk).update(outgoing_enabled=False)
+    smtp_server.clear()
+    assert send_due().failed == 1
+    assert smtp_server.messages == []
+    assert "no longer sends" in OutboxEmail.objects.get().last_error

@@ -191,3 +191,16 @@ def test_the_list_shows_direction_protocol_and_last_error(
     row = client.get(LIST).text
     assert "Both" in row and "IMAP · SMTP" in row and "help@example.com" in row
     assert "Login failed: bad password" in row
+
+
+def test_agents_land_on_their_records(client: Client, django_user_model) -> None:
+    from django.contrib.auth.models import Permission
+
+    agent = django_user_model.objects.create_user(
+        username="agent2", email="a2@desk.test", is_staff=True
+    )
+    agent.user_permissions.set(Permission.objects.filter(codename="view_servicerecord"))
+    client.force_login(agent)
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"] == "/records/"

@@ -70,13 +70,18 @@ def over_automatic_cap(recipient: str) -> bool:
 
 
 def record_thread(record: ServiceRecord) -> tuple[str, list[str]]:
-    """(In-Reply-To, References) for a new email about this record: its earlier emails."""
-    ids = list(
+    """(In-Reply-To, References) for a new email about this record: the emails the end user
+    has seen (theirs, and ours to them), not our internal notifications to admins."""
+    requester = (record.requester.email or "").lower()
+    ids = []
+    for direction, message_id, to_addresses in (
         Message.objects.filter(record=record)
         .exclude(message_id="")
         .order_by("created_at", "id")
-        .values_list("message_id", flat=True)
-    )
+        .values_list("direction", "message_id", "to_addresses")
+    ):
+        if direction == Direction.INCOMING or requester in [a.lower() for a in to_addresses]:
+            ids.append(message_id)
     return (ids[-1] if ids else ""), ids
 
 
@@ -153,6 +158,7 @@ def queue_email(
         result.rows.append(row)
     if log_message is not None and result.rows and result.rows[0].message_id:
         Message.objects.filter(pk=log_message.pk).update(
+            subject=subject[:998],
             message_id=result.rows[0].message_id,
             in_reply_to=in_reply_to,
             references=" ".join(references),
@@ -226,6 +232,14 @@ def _mark_sent(row: OutboxEmail, response: str) -> None:
 def _mark_failed(row: OutboxEmail, error: str, *, temporary: bool) -> None:
     attempts = row.attempts + 1
     give_up = not temporary or attempts >= MAX_ATTEMPTS
+    logger.warning(
+        "outbox: email %s to %s %s after attempt %d: %s",
+        row.pk,
+        ", ".join(row.to_addresses),
+        "failed" if give_up else "will be retried",
+        attempts,
+        error,
+    )
     OutboxEmail.objects.filter(pk=row.pk).update(
         state=State.FAILED if give_up else State.PENDING,
         attempts=attempts,
@@ -249,6 +263,16 @@ def send_rows(rows: list[OutboxEmail], report: SendReport) -> None:
         by_integration.setdefault(row.integration_id, []).append(row)
     for group in by_integration.values():
         integration = group[0].integration
+        if integration is None or not integration.outgoing_enabled:
+            for row in group:
+                _mark_failed(
+                    row,
+                    "its integration no longer sends email (Outgoing Emails is off or it was "
+                    "deleted)",
+                    temporary=False,
+                )
+                report.failed += 1
+            continue
         for start in range(0, len(group), SEND_CHUNK):
             chunk = group[start : start + SEND_CHUNK]
             envelopes = [

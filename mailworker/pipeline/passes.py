@@ -136,5 +136,5 @@ def run_pass(
         report.errors.append(f"{type(exc).__name__}: {exc}")
     report.seconds = time.monotonic() - started
     record_poll(integration, report)
-    logger.info("fetchmail %s", report.summary())
+    logger.log(logging.WARNING if report.failed else logging.INFO, "fetchmail %s", report.summary())
     return report

@@ -1,0 +1,43 @@
+"""The mail engine in the admin site: notification switches, and the outbox to see what was
+sent, what waits and why something failed."""
+
+from django.contrib import admin
+
+from mailworker.models import NotificationSettings, OutboxEmail
+
+
+@admin.register(NotificationSettings)
+class NotificationSettingsAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request) -> bool:
+        return not NotificationSettings.objects.exists()
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(OutboxEmail)
+class OutboxEmailAdmin(admin.ModelAdmin):
+    list_display = (
+        "created_at",
+        "kind",
+        "state",
+        "recipients",
+        "subject",
+        "attempts",
+        "last_error",
+    )
+    list_filter = ("state", "kind", "is_automatic")
+    search_fields = ("subject", "recipient", "message_id")
+    exclude = ("raw_message", "attached_email")
+    readonly_fields = [
+        field.name
+        for field in OutboxEmail._meta.fields
+        if field.name not in ("raw_message", "attached_email")
+    ]
+
+    @admin.display(description="to")
+    def recipients(self, obj: OutboxEmail) -> str:
+        return ", ".join(obj.to_addresses)
+
+    def has_add_permission(self, request) -> bool:
+        return False
