@@ -18,18 +18,16 @@ from mailworker.outbound.outbox import queue_email
 from mailworker.outbound.texts import render_subject, render_text
 from records import signals
 from records.models import Message, ServiceRecord
+from records.services import DETAIL_LABELS
 
 Kind = OutboxEmail.Kind
-
-# How the record's fields are named in emails.
-FIELD_LABELS = {"status": "Status", "assigned_admin": "Assigned admin", "priority": "Priority"}
 
 
 def change_lines(
     changes: dict[str, tuple[str, str]], *, fields: tuple[str, ...] | None = None
 ) -> list[tuple[str, str, str]]:
     return [
-        (FIELD_LABELS.get(field, field), old, new)
+        (DETAIL_LABELS.get(field, field), old, new)
         for field, (old, new) in changes.items()
         if fields is None or field in fields
     ]

@@ -204,6 +204,8 @@ def post_agent_reply(
 
 
 DETAIL_FIELDS = ("status", "assigned_admin", "priority")
+# How the detail fields are named to people (screens and emails).
+DETAIL_LABELS = {"status": "Status", "assigned_admin": "Assigned admin", "priority": "Priority"}
 
 
 def _display(record: ServiceRecord, field: str) -> str:

@@ -16,12 +16,11 @@ from integrations.views import StaffPermissionRequiredMixin
 from records import selectors
 from records.forms import RecordDetailsForm, RecordSearchForm, ReplyForm
 from records.models import Attachment, ServiceRecord
-from records.services import change_record_details, post_agent_reply
+from records.services import DETAIL_LABELS, change_record_details, post_agent_reply
 
 RECORDS_PER_PAGE = 50
 # Only raster images are shown in the page; anything else (HTML, SVG, PDF...) is downloaded.
 INLINE_IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"}
-FIELD_LABELS = {"status": "status", "assigned_admin": "assigned admin", "priority": "priority"}
 
 
 class RecordListView(StaffPermissionRequiredMixin, View):
@@ -106,7 +105,7 @@ class RecordDetailsView(StaffPermissionRequiredMixin, View):
         )
         if changes:
             said = "; ".join(
-                f"{FIELD_LABELS.get(field, field)}: {old} → {new}"
+                f"{DETAIL_LABELS.get(field, field).lower()}: {old} → {new}"
                 for field, (old, new) in changes.items()
             )
             messages.success(request, f"Changed {said}.")
