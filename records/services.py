@@ -75,8 +75,12 @@ def ensure_default_statuses() -> None:
     """Create any of the default statuses that is missing (the migration does this once)."""
     from records.defaults import DEFAULT_STATUSES
 
+    present = set(Status.objects.values_list("name", flat=True))
     for name, order, is_closed in DEFAULT_STATUSES:
-        Status.objects.get_or_create(name=name, defaults={"order": order, "is_closed": is_closed})
+        if name not in present:
+            Status.objects.get_or_create(
+                name=name, defaults={"order": order, "is_closed": is_closed}
+            )
 
 
 def default_new_status() -> Status:
@@ -224,7 +228,6 @@ def change_record_details(
     priority: int | None = None,
 ) -> dict[str, tuple[str, str]]:
     """Change status, assigned admin and priority; says which changed, old and new."""
-    changes: dict[str, tuple[str, str]] = {}
     before = {field: _display(record, field) for field in DETAIL_FIELDS}
     if status is not None and status.pk != record.status_id:
         record.status = status
