@@ -1,4 +1,5 @@
-# servicedesk: `make run` starts the whole desk on its embedded default; `make test` tests it.
+# servicedesk: `make run` starts the whole desk on its embedded default; `make test` tests it;
+# `make bench` measures it.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -6,7 +7,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test install install-test system-packages lint format clean
+.PHONY: run test bench install install-test install-bench system-packages lint format clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -25,6 +26,12 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test system-packages
+
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $@
+
+install-bench: $(VENV)/.installed-bench system-packages
 
 # Installs only what is missing; `apt-get update` first when the package lists are stale.
 system-packages:
@@ -46,6 +53,12 @@ run: install
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks on real servers on loopback (Dovecot, aiosmtpd; PostgreSQL too when DATABASE_URL
+# is set): one table, also written as JSON under bench/results/. BENCH_ARGS, e.g.
+# `make bench BENCH_ARGS="--emails 500 --rows ingest"`; see `python -m bench --help`.
+bench: install-bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check .

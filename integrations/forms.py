@@ -9,11 +9,9 @@ from typing import Any
 from django import forms
 from django.contrib.auth import get_user_model
 
-from integrations.models import EmailIntegration
-from integrations.services import Secrets
+from integrations.models import EmailIntegration, OAuthAccess
+from integrations.services import SECRET_FIELDS, Secrets
 from records.models import Status
-
-SECRET_FIELDS = ("incoming_password", "smtp_password", "oauth_client_secret")
 
 
 class SenderListField(forms.CharField):
@@ -46,6 +44,14 @@ class SecretField(forms.CharField):
         super().__init__(**kwargs)
 
 
+class SecretTextarea(forms.Textarea):
+    """A textarea for a pasted key or certificate that, like a password input, never
+    renders a value back to the browser."""
+
+    def format_value(self, value: Any) -> None:
+        return None
+
+
 class EmailIntegrationForm(forms.ModelForm):
     # Errors come from the server, next to each field; browser "required" popups would hide
     # fields of a collapsed section.
@@ -67,6 +73,18 @@ class EmailIntegrationForm(forms.ModelForm):
     incoming_password = SecretField(label="Password")
     smtp_password = SecretField(label="Password")
     oauth_client_secret = SecretField(label="Client secret")
+    oauth_client_certificate = SecretField(
+        label="Client certificate (PEM)",
+        help_text="Microsoft, instead of a client secret: the certificate uploaded to the app "
+        "registration and its private key, both PEM, pasted together.",
+        widget=SecretTextarea(attrs={"rows": 3, "spellcheck": "false", "autocomplete": "off"}),
+    )
+    oauth_service_account_key = SecretField(
+        label="Service account key (JSON)",
+        help_text="Google app-only: the JSON key of a service account allowed domain-wide "
+        "delegation for https://mail.google.com/.",
+        widget=SecretTextarea(attrs={"rows": 3, "spellcheck": "false", "autocomplete": "off"}),
+    )
     unless_status_in = forms.ModelMultipleChoiceField(
         queryset=Status.objects.all(),
         required=False,
@@ -91,6 +109,7 @@ class EmailIntegrationForm(forms.ModelForm):
             "incoming_enabled",
             "incoming_protocol",
             "oauth_mailbox_access",
+            "oauth_access",
             "oauth_tenant",
             "oauth_client_id",
             "incoming_server",
@@ -99,6 +118,7 @@ class EmailIntegrationForm(forms.ModelForm):
             "incoming_username",
             "incoming_folder",
             "poll_interval_seconds",
+            "use_idle",
             "use_last_record_number",
             "search_body_for_record_number",
             "change_status_to",
@@ -129,6 +149,8 @@ class EmailIntegrationForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["change_status_to"].empty_label = "Do not change"
+        # Only OAuth 2.0 integrations show it; others (and older clients) may leave it out.
+        self.fields["oauth_access"].required = False
         if self.instance.pk:
             self.initial["unless_status_in"] = list(self.instance.unless_status_in.all())
             self.initial["forward_ignored_to"] = list(self.instance.forward_ignored_to.all())
@@ -137,6 +159,9 @@ class EmailIntegrationForm(forms.ModelForm):
                     field = self.fields[name]
                     field.widget.attrs["placeholder"] = "•••••••• (stored; leave empty to keep)"
                     field.help_text = "Stored. Type a new one to replace it."
+
+    def clean_oauth_access(self) -> str:
+        return self.cleaned_data.get("oauth_access") or OAuthAccess.DELEGATED
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

@@ -41,6 +41,13 @@ class MailboxAccess(models.TextChoices):
     POP3 = "pop3", "POP3"
 
 
+class OAuthAccess(models.TextChoices):
+    """Whose token an OAuth 2.0 integration holds."""
+
+    DELEGATED = "delegated", "A user signs in (authorization code)"
+    APP_ONLY = "app", "App-only (Microsoft: client credentials; Google: service account)"
+
+
 class OutgoingProtocol(models.TextChoices):
     SMTP = "smtp", "SMTP"
 
@@ -133,6 +140,12 @@ class EmailIntegration(models.Model):
         default=60,
         validators=[MinValueValidator(10), MaxValueValidator(86400)],
     )
+    use_idle = models.BooleanField(
+        "push delivery (IMAP IDLE)",
+        default=True,
+        help_text="IMAP only: fetch new mail as soon as the server announces it, when the "
+        "server supports IDLE. Polling at the interval above stays as the safety net.",
+    )
 
     # Incoming emails: advanced
     use_last_record_number = models.BooleanField(
@@ -191,14 +204,42 @@ class EmailIntegration(models.Model):
     remove_emojis = models.BooleanField("remove emojis from subject and body", default=True)
 
     # OAuth 2.0 (Microsoft 365, Google); the connect flow fills the tokens.
+    oauth_access = models.CharField(
+        "access",
+        max_length=10,
+        choices=OAuthAccess.choices,
+        default=OAuthAccess.DELEGATED,
+        help_text="Delegated: press Connect and sign in as the mailbox's user. App-only: the "
+        "app reads the mailbox by itself (a Microsoft shared mailbox, or Google Workspace with "
+        "domain-wide delegation).",
+    )
     oauth_tenant = models.CharField("tenant", max_length=255, blank=True)
     oauth_client_id = models.CharField("client id", max_length=255, blank=True)
     oauth_client_secret = EncryptedTextField("client secret", blank=True)
+    oauth_client_certificate = EncryptedTextField(
+        "client certificate (PEM)",
+        blank=True,
+        help_text="Microsoft, instead of a client secret: the certificate uploaded to the app "
+        "registration and its private key, both PEM, pasted together.",
+    )
+    oauth_service_account_key = EncryptedTextField(
+        "service account key (JSON)",
+        blank=True,
+        help_text="Google app-only: the JSON key of a service account allowed domain-wide "
+        "delegation for https://mail.google.com/.",
+    )
     oauth_refresh_token = EncryptedTextField(blank=True)
     oauth_access_token = EncryptedTextField(blank=True)
     oauth_access_token_expires_at = models.DateTimeField(null=True, blank=True)
     oauth_account = models.CharField(
         max_length=255, blank=True, help_text="The account the token belongs to."
+    )
+    # Set when the provider refused the stored grant (consent revoked, password changed,
+    # secret expired): polling stops until an admin connects again, which clears them.
+    needs_reconnect_reason = models.TextField(blank=True)
+    needs_reconnect_since = models.DateTimeField(null=True, blank=True)
+    needs_reconnect_notified_at = models.DateTimeField(
+        null=True, blank=True, help_text="When admins were told to connect again."
     )
 
     # Outgoing emails
@@ -252,9 +293,16 @@ class EmailIntegration(models.Model):
     consecutive_failures = models.PositiveIntegerField(
         default=0, help_text="Failed passes or sends in a row; 0 after a success."
     )
+    poll_failures = models.PositiveIntegerField(
+        default=0, help_text="Failed passes in a row; polling backs off while it grows."
+    )
     failure_alert_sent_at = models.DateTimeField(
         null=True, blank=True, help_text="When admins were alerted about the current failures."
     )
+    idle_status = models.CharField(
+        max_length=255, blank=True, help_text="What the IMAP IDLE listener last saw."
+    )
+    idle_status_at = models.DateTimeField(null=True, blank=True)
     subject_regex_timed_out_at = models.DateTimeField(
         null=True,
         blank=True,
@@ -293,6 +341,23 @@ class EmailIntegration(models.Model):
     @property
     def uses_oauth(self) -> bool:
         return self.incoming_protocol in OAUTH_PROTOCOLS
+
+    @property
+    def uses_app_only_oauth(self) -> bool:
+        return self.uses_oauth and self.oauth_access == OAuthAccess.APP_ONLY
+
+    @property
+    def needs_reconnect(self) -> bool:
+        return self.needs_reconnect_since is not None
+
+    @property
+    def oauth_mailbox(self) -> str:
+        """The mailbox an OAuth 2.0 token must belong to; XOAUTH2 logs in as it."""
+        return (self.incoming_username or self.email_address).strip()
+
+    @property
+    def oauth_connected(self) -> bool:
+        return bool(self.oauth_refresh_token or self.oauth_access_token)
 
     @property
     def mailbox_protocol(self) -> str:
@@ -378,6 +443,34 @@ class EmailIntegration(models.Model):
             and not self.oauth_tenant.strip()
         ):
             add("oauth_tenant", "Enter the Microsoft 365 tenant (its id or domain).")
+        if self.uses_oauth:
+            self._clean_oauth_credentials(add)
+
+    def _clean_oauth_credentials(self, add) -> None:
+        # Imported here: integrations.oauth builds on this module.
+        from integrations.oauth.credentials import (
+            certificate_problem,
+            service_account_key_problem,
+        )
+
+        if self.oauth_client_certificate:
+            problem = certificate_problem(self.oauth_client_certificate)
+            if problem:
+                add("oauth_client_certificate", problem)
+        if self.oauth_service_account_key:
+            problem = service_account_key_problem(self.oauth_service_account_key)
+            if problem:
+                add("oauth_service_account_key", problem)
+        if (
+            self.incoming_protocol == IncomingProtocol.GOOGLE
+            and self.oauth_access == OAuthAccess.APP_ONLY
+            and not self.oauth_service_account_key
+        ):
+            add(
+                "oauth_service_account_key",
+                "Paste the JSON key of the service account: Google's app-only access signs "
+                "in with it.",
+            )
 
     def _clean_outgoing(self, add) -> None:
         if not self.email_address:

@@ -12,6 +12,7 @@ from django.db import transaction
 
 from integrations.editions import check_edition_limits
 from integrations.models import EmailIntegration
+from integrations.oauth.services import forget_tokens_of_another_app
 from records.models import Status
 
 User = get_user_model()
@@ -26,10 +27,21 @@ class Secrets:
     incoming_password: str | None = UNCHANGED
     smtp_password: str | None = UNCHANGED
     oauth_client_secret: str | None = UNCHANGED
+    oauth_client_certificate: str | None = UNCHANGED
+    oauth_service_account_key: str | None = UNCHANGED
+
+
+SECRET_FIELDS = (
+    "incoming_password",
+    "smtp_password",
+    "oauth_client_secret",
+    "oauth_client_certificate",
+    "oauth_service_account_key",
+)
 
 
 def _apply_secrets(integration: EmailIntegration, secrets: Secrets) -> None:
-    for field in ("incoming_password", "smtp_password", "oauth_client_secret"):
+    for field in SECRET_FIELDS:
         value = getattr(secrets, field)
         if value is not UNCHANGED:
             setattr(integration, field, value)
@@ -137,6 +149,7 @@ def save_integration(
     if recipients_to_check is None:
         recipients_to_check = list(integration.forward_ignored_to.all()) if integration.pk else []
     validate_forward_ignored_to(integration=integration, users=recipients_to_check)
+    forget_tokens_of_another_app(integration=integration)
     if integration.is_default:
         # Lock the rows so two admins setting defaults at once serialise here.
         others = EmailIntegration.objects.select_for_update().filter(is_default=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.mixins import PermissionRequiredMixin
 from django.core.exceptions import ValidationError
@@ -17,6 +18,13 @@ from django.views.generic import ListView
 from integrations.editions import current_limits
 from integrations.forms import EmailIntegrationForm
 from integrations.models import EmailIntegration
+from integrations.oauth.errors import OAuthError
+from integrations.oauth.services import (
+    begin_connect,
+    connect_app_only,
+    finish_connect,
+    provider_name,
+)
 from integrations.services import delete_integration, save_integration
 
 
@@ -101,3 +109,80 @@ class IntegrationDeleteView(StaffPermissionRequiredMixin, View):
         delete_integration(integration=integration)
         messages.success(request, f"Integration “{name}” deleted.")
         return redirect("integrations:list")
+
+
+# OAuth 2.0: Connect with Microsoft / Google ---------------------------------------------
+
+PENDING_CONNECT_PREFIX = "oauth-connect:"
+
+
+def oauth_redirect_uri(request: HttpRequest) -> str:
+    """The one redirect URI for every integration and provider: the state says which
+    integration a callback is for."""
+    return settings.OAUTH_REDIRECT_URI or request.build_absolute_uri(
+        reverse("integrations:oauth_callback")
+    )
+
+
+class OAuthConnectView(StaffPermissionRequiredMixin, View):
+    """Connect pressed: send the browser to the provider's sign-in (delegated), or get an
+    app-only token at once. Uses the settings as last applied."""
+
+    permission_required = "integrations.change_emailintegration"
+
+    def post(self, request: HttpRequest, pk: int) -> HttpResponse:
+        integration = get_object_or_404(EmailIntegration, pk=pk)
+        edit_page = reverse("integrations:edit", args=[integration.pk])
+        provider = provider_name(integration)
+        try:
+            if integration.uses_app_only_oauth:
+                grant = connect_app_only(integration=integration)
+                messages.success(
+                    request,
+                    f"Connected to {provider} with app-only access for {grant.account}.",
+                )
+                return HttpResponseRedirect(edit_page)
+            pending = begin_connect(
+                integration=integration, redirect_uri=oauth_redirect_uri(request)
+            )
+        except OAuthError as exc:
+            messages.error(request, f"Could not connect to {provider}: {exc}")
+            return HttpResponseRedirect(edit_page)
+        # The state ties the callback to this browser session, this user and this
+        # integration: a callback with any other state is refused (CSRF of the flow).
+        pending["user_id"] = request.user.pk
+        request.session[PENDING_CONNECT_PREFIX + pending["flow"]["state"]] = pending
+        return HttpResponseRedirect(pending["flow"]["auth_uri"])
+
+
+class OAuthCallbackView(StaffPermissionRequiredMixin, View):
+    """Where the provider sends the browser back with a code (or an error)."""
+
+    permission_required = "integrations.change_emailintegration"
+    template_name = "integrations/oauth_refused.html"
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        state = request.GET.get("state", "")
+        # Popped: a state is good for one callback only.
+        pending = request.session.pop(PENDING_CONNECT_PREFIX + state, None) if state else None
+        if pending is None or pending.get("user_id") != request.user.pk:
+            return render(
+                request,
+                self.template_name,
+                {
+                    "reason": "This sign-in was not started from this browser session, or its "
+                    "answer was already used. Open the integration and press Connect again."
+                },
+                status=400,
+            )
+        integration = get_object_or_404(EmailIntegration, pk=pending["integration_id"])
+        provider = provider_name(integration)
+        try:
+            grant = finish_connect(
+                integration=integration, pending=pending, response=request.GET.dict()
+            )
+        except OAuthError as exc:
+            messages.error(request, f"Not connected to {provider}: {exc}")
+        else:
+            messages.success(request, f"Connected to {provider} as {grant.account}.")
+        return HttpResponseRedirect(reverse("integrations:edit", args=[integration.pk]))

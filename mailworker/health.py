@@ -50,3 +50,33 @@ def note_failure(*, integration: EmailIntegration, direction: str, error: str) -
             text=render_text("emails/integration_failing.txt", context),
         )
     return True
+
+
+def notify_needs_reconnect(*, integration: EmailIntegration, provider: str) -> bool:
+    """Tell admins, once, that an OAuth 2.0 integration must be connected again. Returns
+    whether the notice was queued.
+
+    Counts as the alert of the current failure streak too (failure_alert_sent_at), so the
+    passes that fail while it waits for the admin do not send a second, vaguer alert.
+    """
+    with transaction.atomic():
+        current = EmailIntegration.objects.select_for_update().get(pk=integration.pk)
+        if not current.needs_reconnect or current.needs_reconnect_notified_at is not None:
+            return False
+        now = timezone.now()
+        EmailIntegration.objects.filter(pk=current.pk).update(
+            needs_reconnect_notified_at=now, failure_alert_sent_at=now
+        )
+        current.needs_reconnect_notified_at = now
+        admins = (
+            get_user_model().objects.filter(is_active=True, is_superuser=True).exclude(email="")
+        )
+        context = {"integration": current, "provider": provider}
+        queue_email(
+            kind=OutboxEmail.Kind.SYSTEM_ALERT,
+            to=[admin.email for admin in admins],
+            subject=render_subject("emails/integration_needs_reconnect.subject.txt", context),
+            text=render_text("emails/integration_needs_reconnect.txt", context),
+        )
+    integration.needs_reconnect_notified_at = current.needs_reconnect_notified_at
+    return True

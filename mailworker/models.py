@@ -59,8 +59,12 @@ class OutboxEmail(models.Model):
     attached_email = models.BinaryField(
         blank=True, default=b"", help_text="The raw email forwarded or copied, sent as .eml."
     )
+    html_body = models.TextField(blank=True)
     in_reply_to = models.CharField(max_length=998, blank=True)
-    # Composed when queued: retries send the very same bytes (same Message-ID).
+    references = models.JSONField(default=list, blank=True)
+    # The Message-ID and sender are fixed when queued (the message log and threading need
+    # them at once); the bytes are composed by the first send attempt, off the path that
+    # imports mail, and kept: retries send the very same bytes.
     sender_address = models.CharField(max_length=998, blank=True)
     raw_message = models.BinaryField(blank=True, default=b"")
     message_id = models.CharField(max_length=998, blank=True)

@@ -14,7 +14,7 @@ from django.template.loader import render_to_string
 from integrations.models import EmailIntegration
 from mailworker.models import NotificationSettings, OutboxEmail
 from mailworker.outbound.compose import record_subject
-from mailworker.outbound.outbox import queue_email
+from mailworker.outbound.outbox import batched, queue_email, record_thread
 from mailworker.outbound.texts import render_subject, render_text
 from records import signals
 from records.models import Message, ServiceRecord
@@ -33,9 +33,15 @@ def change_lines(
     ]
 
 
-def admin_addresses(record: ServiceRecord, *, exclude: object = None) -> list[str]:
-    """Who among the admins hears about a record, as NotificationSettings says."""
-    choice = NotificationSettings.current().admin_recipients
+def admin_addresses(
+    record: ServiceRecord,
+    *,
+    exclude: object = None,
+    choices: NotificationSettings | None = None,
+) -> list[str]:
+    """Who among the admins hears about a record, as NotificationSettings says (`choices`:
+    the settings the caller has already read)."""
+    choice = (choices or current_settings()).admin_recipients
     Choice = NotificationSettings.AdminRecipients
     users = []
     if choice == Choice.ASSIGNED and record.assigned_admin_id:
@@ -43,12 +49,34 @@ def admin_addresses(record: ServiceRecord, *, exclude: object = None) -> list[st
     elif choice in (Choice.ASSIGNED, Choice.GROUP) and record.group_id:
         users = list(record.group.members.filter(is_active=True, is_staff=True))
     if not users:
-        users = list(get_user_model().objects.filter(is_active=True, is_staff=True))
+        users = batched("staff", active_staff)
     return [user.email for user in users if user.email and getattr(exclude, "pk", None) != user.pk]
+
+
+def active_staff() -> list:
+    return list(get_user_model().objects.filter(is_active=True, is_staff=True))
+
+
+def current_settings() -> NotificationSettings:
+    return batched("notification settings", NotificationSettings.current)
 
 
 def requester_address(record: ServiceRecord) -> list[str]:
     return [record.requester.email] if record.requester.email else []
+
+
+class _Thread:
+    """The record's (In-Reply-To, References), read once for all the emails of one event
+    and only if one is queued."""
+
+    def __init__(self, record: ServiceRecord) -> None:
+        self.record = record
+        self._value: tuple[str, list[str]] | None = None
+
+    def get(self) -> tuple[str, list[str]]:
+        if self._value is None:
+            self._value = record_thread(self.record)
+        return self._value
 
 
 def notify(
@@ -58,6 +86,7 @@ def notify(
     template: str,
     context: dict,
     kind: str = Kind.NOTIFICATION,
+    thread: _Thread | None = None,
 ) -> None:
     if not to:
         return
@@ -72,6 +101,7 @@ def notify(
         html=render_to_string("emails/base.html", {"text": text}),
         record=record,
         automatic=True,
+        thread=(thread or _Thread(record)).get(),
     )
 
 
@@ -79,21 +109,24 @@ def notify(
 def on_record_created(sender, record: ServiceRecord, message=None, automatic=False, **kwargs):
     if automatic:
         return  # no automatic email answers an auto-reply or a bounce
-    choices = NotificationSettings.current()
+    choices = current_settings()
     context = {"message": message}
+    thread = _Thread(record)
     if choices.end_user_on_created:
         notify(
             record=record,
             to=requester_address(record),
             template="record_created_end_user",
             context=context,
+            thread=thread,
         )
     if choices.admins_on_created:
         notify(
             record=record,
-            to=admin_addresses(record),
+            to=admin_addresses(record, choices=choices),
             template="record_created_admin",
             context=context,
+            thread=thread,
         )
 
 
@@ -101,15 +134,17 @@ def on_record_created(sender, record: ServiceRecord, message=None, automatic=Fal
 def on_message_added(sender, message: Message, automatic=False, **kwargs):
     if automatic:
         return
-    choices = NotificationSettings.current()
+    choices = current_settings()
     record = message.record
     context = {"message": message}
+    thread = _Thread(record)
     if choices.admins_on_updated:
         notify(
             record=record,
-            to=admin_addresses(record),
+            to=admin_addresses(record, choices=choices),
             template="record_updated_admin",
             context=context,
+            thread=thread,
         )
     if choices.end_user_on_updated:
         notify(
@@ -117,12 +152,13 @@ def on_message_added(sender, message: Message, automatic=False, **kwargs):
             to=requester_address(record),
             template="record_updated_end_user",
             context=context,
+            thread=thread,
         )
 
 
 @receiver(signals.record_details_changed)
 def on_details_changed(sender, record: ServiceRecord, actor=None, changes=None, **kwargs):
-    choices = NotificationSettings.current()
+    choices = current_settings()
     changes = changes or {}
     # The end user hears about the status only: who works on it is the desk's business.
     if choices.end_user_on_details_changed and "status" in changes:
@@ -135,7 +171,7 @@ def on_details_changed(sender, record: ServiceRecord, actor=None, changes=None, 
     if choices.admins_on_details_changed:
         notify(
             record=record,
-            to=admin_addresses(record, exclude=actor),
+            to=admin_addresses(record, exclude=actor, choices=choices),
             template="details_changed_admin",
             context={"changes": change_lines(changes), "actor": actor},
         )
@@ -143,7 +179,7 @@ def on_details_changed(sender, record: ServiceRecord, actor=None, changes=None, 
 
 @receiver(signals.record_escalated)
 def on_escalated(sender, record: ServiceRecord, **kwargs):
-    if NotificationSettings.current().admins_on_escalated:
+    if current_settings().admins_on_escalated:
         notify(record=record, to=admin_addresses(record), template="record_escalated", context={})
 
 

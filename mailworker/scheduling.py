@@ -1,28 +1,91 @@
-"""Which integrations are due for a pass. (Locks and back-off belong to the workers issue;
-until then overlapping passes are safe because the processed marker is unique.)"""
+"""When each integration's mailbox is read: its own interval, longer while it keeps failing.
+
+Beat runs `dispatch_due_polls` every POLL_DISPATCH_SECONDS; it reads the integrations from the
+database each time, so adding, changing or disabling one takes effect without a restart.
+A failing integration backs off (the interval doubles with each failed pass in a row, up to
+POLL_BACKOFF_MAX_SECONDS) and is back to its own interval after its first good pass.
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.utils import timezone
 
 from integrations.models import EmailIntegration
 from mailworker.pipeline.passes import PassReport, run_pass
 
+# Failed passes in a row before the interval starts to grow: one failure may be a blip.
+BACKOFF_AFTER_FAILURES = 2
+SCHEDULING_FIELDS = (
+    "pk",
+    "name",
+    "created_at",
+    "last_polled_at",
+    "poll_interval_seconds",
+    "poll_failures",
+    "incoming_protocol",
+    "needs_reconnect_since",
+)
 
-def due_integration_ids() -> list[int]:
-    now = timezone.now()
-    due = []
+
+def poll_interval(integration: EmailIntegration) -> timedelta:
+    """The integration's interval, doubled for each failed pass in a row beyond the first."""
+    base = integration.poll_interval_seconds
+    extra_failures = integration.poll_failures - BACKOFF_AFTER_FAILURES + 1
+    if extra_failures <= 0:
+        return timedelta(seconds=base)
+    ceiling = max(base, settings.POLL_BACKOFF_MAX_SECONDS)
+    return timedelta(seconds=min(base * 2 ** min(extra_failures, 20), ceiling))
+
+
+def next_poll_at(integration: EmailIntegration) -> datetime | None:
+    """When the next pass is due; None means at once (never polled)."""
+    if integration.last_polled_at is None:
+        return None
+    return integration.last_polled_at + poll_interval(integration)
+
+
+def pollable_integrations() -> list[EmailIntegration]:
+    pollable = []
     for integration in EmailIntegration.objects.filter(incoming_enabled=True).only(
-        "pk", "last_polled_at", "poll_interval_seconds", "incoming_protocol"
+        *SCHEDULING_FIELDS
     ):
-        if integration.uses_oauth:
-            continue  # OAuth 2.0 mailboxes are not supported yet
-        last = integration.last_polled_at
-        if last is None or now - last >= timedelta(seconds=integration.poll_interval_seconds):
+        if integration.needs_reconnect:
+            continue  # the provider refused its sign-in: an admin must connect it again
+        pollable.append(integration)
+    return pollable
+
+
+def due_integration_ids(now: datetime | None = None) -> list[int]:
+    now = now or timezone.now()
+    due = []
+    for integration in pollable_integrations():
+        due_at = next_poll_at(integration)
+        if due_at is None or due_at <= now:
             due.append(integration.pk)
     return due
+
+
+@dataclass(frozen=True)
+class OverduePoll:
+    integration: str
+    overdue_seconds: float
+
+
+def oldest_overdue_poll(now: datetime | None = None) -> OverduePoll | None:
+    """The integration that has waited longest past its due time (for /healthz): when the
+    workers or beat are stuck, this grows; a healthy desk keeps it near zero."""
+    now = now or timezone.now()
+    oldest: OverduePoll | None = None
+    for integration in pollable_integrations():
+        due_at = next_poll_at(integration) or integration.created_at
+        overdue = (now - due_at).total_seconds()
+        if overdue > 0 and (oldest is None or overdue > oldest.overdue_seconds):
+            oldest = OverduePoll(integration.name, overdue)
+    return oldest
 
 
 def poll_integration_now(*, integration_id: int) -> PassReport | None:

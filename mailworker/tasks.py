@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from celery import current_task, shared_task
+from celery import Task, current_task, shared_task
 
 from mailworker.outbound.outbox import send_due
 from mailworker.scheduling import due_integration_ids, poll_integration_now
@@ -27,9 +27,21 @@ def dispatch_due_polls() -> int:
     return len(due)
 
 
-@shared_task(name="mailworker.tasks.poll_integration", ignore_result=True)
-def poll_integration(integration_id: int) -> None:
-    poll_integration_now(integration_id=integration_id)
+# A pass asked for by the IDLE listener that finds another pass running tries again this
+# many times, this many seconds apart: the running pass may have listed the mailbox just
+# before the new email arrived. Polling remains the safety net after that.
+BUSY_RETRIES = 5
+BUSY_RETRY_SECONDS = 3
+
+
+@shared_task(name="mailworker.tasks.poll_integration", ignore_result=True, bind=True)
+def poll_integration(self: Task, integration_id: int, retry_if_busy: bool = False) -> None:
+    """One pass over the integration's mailbox. Idempotent and acknowledged late: a worker
+    killed mid-pass leaves the task to run again, and what was committed is only acked."""
+    report = poll_integration_now(integration_id=integration_id)
+    busy = report is not None and report.skipped
+    if busy and retry_if_busy and self.request.retries < BUSY_RETRIES:
+        raise self.retry(countdown=BUSY_RETRY_SECONDS, max_retries=BUSY_RETRIES)
 
 
 @shared_task(name="mailworker.tasks.send_outbox", ignore_result=True)

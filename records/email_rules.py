@@ -8,6 +8,7 @@ package with a timeout, like every admin-supplied pattern.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import regex
@@ -63,12 +64,19 @@ def rule_matches(rule: EmailRule, facts: RuleInput) -> bool:
     return all(results) if rule.match == EmailRule.Match.ALL else any(results)
 
 
-def apply_email_rules(*, record: ServiceRecord, facts: RuleInput) -> list[str]:
-    """Apply the matching rules to a new record; returns the names of the rules applied."""
+def active_email_rules() -> list[EmailRule]:
+    """The active rules in order, their conditions loaded."""
+    return list(EmailRule.objects.filter(is_active=True).prefetch_related("conditions"))
+
+
+def apply_email_rules(
+    *, record: ServiceRecord, facts: RuleInput, rules: Iterable[EmailRule] | None = None
+) -> list[str]:
+    """Apply the matching rules to a new record; returns the names of the rules applied.
+    `rules`: the active rules already loaded (a pass over a mailbox reads them once)."""
     applied = []
     changed: set[str] = set()
-    rules = EmailRule.objects.filter(is_active=True).prefetch_related("conditions")
-    for rule in rules:
+    for rule in active_email_rules() if rules is None else rules:
         if not rule_matches(rule, facts):
             continue
         applied.append(rule.name)

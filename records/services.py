@@ -99,14 +99,16 @@ def create_record(
     description: str,
     requester: User,
     source_integration: EmailIntegration | None = None,
+    status: Status | None = None,
 ) -> ServiceRecord:
-    """A new service record in the status New."""
+    """A new service record in the status New (or `status`: the caller looked New up once
+    for many records)."""
     title = " ".join(title.split())[:500] or "(no subject)"
     return ServiceRecord.objects.create(
         title=title,
         description=description,
         requester=requester,
-        status=default_new_status(),
+        status=status or default_new_status(),
         source_integration=source_integration,
     )
 
@@ -128,8 +130,10 @@ def add_message(
     raw_size: int = 0,
     integration: EmailIntegration | None = None,
     author: User | None = None,
+    touch_record: bool = True,
 ) -> Message:
-    """An entry in the record's message log; touching the record moves it up the lists."""
+    """An entry in the record's message log; touching the record moves it up the lists
+    (`touch_record=False` for the first message of a record created just now)."""
     message = Message.objects.create(
         record=record,
         direction=direction,
@@ -147,7 +151,8 @@ def add_message(
         integration=integration,
         author=author,
     )
-    ServiceRecord.objects.filter(pk=record.pk).update(updated_at=timezone.now())
+    if touch_record:
+        ServiceRecord.objects.filter(pk=record.pk).update(updated_at=timezone.now())
     return message
 
 

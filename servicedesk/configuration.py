@@ -167,14 +167,16 @@ class BrokerSettings:
     transport_options: dict[str, Any] = field(default_factory=dict)
 
 
-def broker_settings(broker_url: str, *, data_dir: Path) -> BrokerSettings:
+def broker_settings(
+    broker_url: str, *, data_dir: Path, visibility_timeout: int = 3600
+) -> BrokerSettings:
     """CELERY_BROKER_URL, or kombu's filesystem transport under DATA_DIR when unset."""
     if broker_url and not broker_url.startswith("filesystem://"):
         options: dict[str, Any] = {}
         if broker_url.startswith(("redis://", "rediss://")):
             # Longer than any pass over a mailbox, so a task acked late is not redelivered
             # to a second worker while the first still works on it.
-            options = {"visibility_timeout": 3600, "socket_connect_timeout": 5}
+            options = {"visibility_timeout": visibility_timeout, "socket_connect_timeout": 5}
         return BrokerSettings(url=broker_url, transport_options=options)
     folder = data_dir / "broker"
     queue_folder = folder / "queue"

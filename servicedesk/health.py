@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET
 from kombu import Connection
 
 from mailworker.models import WorkerHeartbeat
+from mailworker.scheduling import oldest_overdue_poll
 
 logger = logging.getLogger(__name__)
 BROKER_TIMEOUT_SECONDS = 3
@@ -71,7 +72,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
     age = heartbeat_age_seconds() if database.ok else None
     max_age = timedelta(seconds=settings.HEARTBEAT_MAX_AGE_SECONDS).total_seconds()
     worker_ok = age is not None and age <= max_age
-    healthy = database.ok and broker.ok and worker_ok
+    overdue = oldest_overdue_poll() if database.ok else None
+    max_delay = float(settings.POLL_MAX_DELAY_SECONDS)
+    polls_ok = database.ok and (overdue is None or overdue.overdue_seconds <= max_delay)
+    healthy = database.ok and broker.ok and worker_ok and polls_ok
     body = {
         "status": "ok" if healthy else "unhealthy",
         "database": {"ok": database.ok, "detail": database.detail},
@@ -80,6 +84,14 @@ def healthz(request: HttpRequest) -> JsonResponse:
             "ok": worker_ok,
             "last_heartbeat_age_seconds": None if age is None else round(age, 1),
             "max_age_seconds": max_age,
+        },
+        # The integration that has waited longest past its due poll: beat or the workers
+        # are stuck or too few when this grows.
+        "polling": {
+            "ok": polls_ok,
+            "oldest_overdue_integration": overdue.integration if overdue else None,
+            "oldest_overdue_seconds": round(overdue.overdue_seconds, 1) if overdue else 0.0,
+            "max_delay_seconds": max_delay,
         },
     }
     return JsonResponse(body, status=200 if healthy else 503)

@@ -138,7 +138,11 @@ if env.bool("BEHIND_TLS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # Celery: the embedded default is kombu's filesystem transport, which needs no server.
-_broker = broker_settings(env.str("CELERY_BROKER_URL", default=""), data_dir=DATA_DIR)
+_broker = broker_settings(
+    env.str("CELERY_BROKER_URL", default=""),
+    data_dir=DATA_DIR,
+    visibility_timeout=env.int("BROKER_VISIBILITY_TIMEOUT_SECONDS", default=3600),
+)
 CELERY_BROKER_URL = _broker.url
 CELERY_BROKER_TRANSPORT_OPTIONS = _broker.transport_options
 CELERY_TASK_IGNORE_RESULT = True
@@ -150,6 +154,15 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 # How often beat looks for integrations whose poll interval is up.
 POLL_DISPATCH_SECONDS = env.int("POLL_DISPATCH_SECONDS", default=15)
+# A failing integration's interval doubles per failed pass, up to this.
+POLL_BACKOFF_MAX_SECONDS = env.int("POLL_BACKOFF_MAX_SECONDS", default=3600)
+# /healthz is unhealthy when an integration's pass is overdue by more than this.
+POLL_MAX_DELAY_SECONDS = env.int("POLL_MAX_DELAY_SECONDS", default=300)
+# IMAP IDLE (manage.py mailidle): IDLE is re-issued after this long (RFC 2177: servers may
+# drop an IDLE after 30 minutes), and the integrations are re-read this often.
+IDLE_REISSUE_SECONDS = env.int("IDLE_REISSUE_SECONDS", default=25 * 60)
+IDLE_RELOAD_SECONDS = env.int("IDLE_RELOAD_SECONDS", default=30)
+IDLE_RECONNECT_MAX_SECONDS = env.int("IDLE_RECONNECT_MAX_SECONDS", default=300)
 HEARTBEAT_INTERVAL_SECONDS = env.int("HEARTBEAT_INTERVAL_SECONDS", default=30)
 # /healthz is unhealthy when the last worker heartbeat is older than this.
 HEARTBEAT_MAX_AGE_SECONDS = env.int("HEARTBEAT_MAX_AGE_SECONDS", default=120)
@@ -167,6 +180,28 @@ INTEGRATION_FAILURES_BEFORE_ALERT = env.int("INTEGRATION_FAILURES_BEFORE_ALERT",
 OUTBOX_SEND_SECONDS = env.int("OUTBOX_SEND_SECONDS", default=30)
 # Queue the send task as soon as an email is committed (beat's regular run is the fallback).
 OUTBOX_SEND_ON_COMMIT = env.bool("OUTBOX_SEND_ON_COMMIT", default=True)
+
+# OAuth 2.0 (Microsoft 365, Google). The endpoints default to the providers' own; tests and
+# private clouds point them elsewhere. The token code path is the same either way.
+OAUTH_MICROSOFT_AUTHORITY_HOST = env.str(
+    "OAUTH_MICROSOFT_AUTHORITY_HOST", default="https://login.microsoftonline.com"
+)
+# msal asks login.microsoftonline.com whether the authority host is Microsoft's; turn off
+# only for an authority of your own (a national cloud needs no change).
+OAUTH_MICROSOFT_INSTANCE_DISCOVERY = env.bool("OAUTH_MICROSOFT_INSTANCE_DISCOVERY", default=True)
+OAUTH_GOOGLE_AUTH_URI = env.str(
+    "OAUTH_GOOGLE_AUTH_URI", default="https://accounts.google.com/o/oauth2/auth"
+)
+OAUTH_GOOGLE_TOKEN_URI = env.str(
+    "OAUTH_GOOGLE_TOKEN_URI", default="https://oauth2.googleapis.com/token"
+)
+# The redirect URI registered with the providers; empty: built from the address the admin
+# uses (https://desk.example.com/settings/email/oauth/callback/). Set it behind a proxy that
+# rewrites the host.
+OAUTH_REDIRECT_URI = env.str("OAUTH_REDIRECT_URI", default="")
+# An access token is refreshed this long before it expires (clocks differ; a pass takes time).
+OAUTH_ACCESS_TOKEN_MARGIN_SECONDS = env.int("OAUTH_ACCESS_TOKEN_MARGIN_SECONDS", default=300)
+OAUTH_HTTP_TIMEOUT_SECONDS = env.int("OAUTH_HTTP_TIMEOUT_SECONDS", default=15)
 
 LOGGING = {
     "version": 1,

@@ -17,10 +17,28 @@ from django.contrib.auth.models import Permission
 from integrations.models import EmailIntegration
 from integrations.services import Secrets, save_integration
 
-pytest_plugins = ["tests.browser", "tests.dovecot", "tests.smtpd"]
+pytest_plugins = [
+    "tests.browser",
+    "tests.dovecot",
+    "tests.smtpd",
+    "tests.workers",
+    "tests.oauth_server",
+]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """On SQLite the test database is a file, not pytest-django's in-memory one, so that the
+    worker processes some tests start (Celery, mailidle, fetchmail) share it."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        path = tmp_path_factory.mktemp("database") / "test.sqlite3"
+        database.setdefault("TEST", {})["NAME"] = str(path)
 
 
 @pytest.fixture(autouse=True)

@@ -58,6 +58,8 @@ class Dovecot:
     directory: Path
     mail_uid: int
     mail_gid: int
+    # Where the oauth2 passdb checks XOAUTH2 tokens (the tests' OAuth server); "" for none.
+    introspection_url: str = ""
     _process: subprocess.Popen | None = field(default=None, repr=False)
     _sequence: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
@@ -209,6 +211,16 @@ class Dovecot:
                 process.kill()
                 process.wait()
 
+    def crash(self) -> None:
+        """Stop the master and SIGKILL the processes serving open sessions: on a plain stop
+        Dovecot lets those finish their work, a crashed or rebooted server would not."""
+        master = self.master_pid
+        sessions = _descendants(master) if master else []
+        self.stop()
+        for pid in sessions:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
     def _wait_until_listening(self) -> None:
         # Read the kernel's socket table rather than connecting: every probe connection
         # would start a login process that the next stop() then waits for.
@@ -231,6 +243,13 @@ class Dovecot:
             if path.exists():
                 parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}")
         return "\n".join(parts)
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in _children_of(pid):
+        found += [child, *_descendants(child)]
+    return found
 
 
 def _children_of(pid: int) -> list[int]:
@@ -347,7 +366,7 @@ ssl_key = <{key_path}
 ssl_min_protocol = TLSv1.2
 
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{" xoauth2 oauthbearer" if server.introspection_url else ""}
 # Otherwise a failed login delays the next ones from 127.0.0.1 by 2 to 15 s. Failures
 # are still answered on Dovecot's next 0.5 s tick.
 auth_failure_delay = 0
@@ -359,9 +378,10 @@ service anvil {{
 
 passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN {server.passwd_directory}/%u
 }}
-userdb {{
+{_oauth2_passdb(server)}userdb {{
   driver = static
   args = uid={server.mail_uid} gid={server.mail_gid} home={server.mail_root}/%u
 }}
@@ -397,6 +417,27 @@ service pop3-login {{
 """
 
 
+def _oauth2_passdb(server: Dovecot) -> str:
+    """XOAUTH2 and OAUTHBEARER logins: Dovecot asks the tests' OAuth server (RFC 7662
+    introspection) whether the token is active and whose it is; it must be the user's."""
+    if not server.introspection_url:
+        return ""
+    settings_path = server.directory / "dovecot-oauth2.conf.ext"
+    settings_path.write_text(
+        f"introspection_mode = post\n"
+        f"introspection_url = {server.introspection_url}\n"
+        "username_attribute = email\n"
+        "active_attribute = active\n"
+        "active_value = true\n"
+    )
+    return f"""passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {settings_path}
+}}
+"""
+
+
 def _mail_account() -> tuple[int, int]:
     if os.geteuid() == 0:
         mail = pwd.getpwnam("mail")
@@ -404,7 +445,7 @@ def _mail_account() -> tuple[int, int]:
     return os.getuid(), os.getgid()
 
 
-def start_dovecot() -> Dovecot:
+def start_dovecot(*, introspection_url: str = "") -> Dovecot:
     """Write a configuration on free ports and start Dovecot; retried on new ports when one
     was taken between choosing it and binding it."""
     if not DOVECOT.exists():
@@ -433,6 +474,7 @@ def start_dovecot() -> Dovecot:
                 directory=directory,
                 mail_uid=uid,
                 mail_gid=gid,
+                introspection_url=introspection_url,
             )
             server.config_path.write_text(
                 _configuration(server, cert_path=cert_path, key_path=key_path)
@@ -454,8 +496,9 @@ def start_dovecot() -> Dovecot:
 
 
 @pytest.fixture(scope="session")
-def dovecot() -> Iterator[Dovecot]:
-    server = start_dovecot()
+def dovecot(oauth_server: Any) -> Iterator[Dovecot]:
+    # The OAuth server (tests.oauth_server) must listen first: XOAUTH2 logins ask it.
+    server = start_dovecot(introspection_url=oauth_server.introspection_url)
     try:
         yield server
     finally:

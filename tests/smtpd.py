@@ -12,13 +12,18 @@ any other. Accepted messages are recorded in `smtp_server.messages`. Some addres
 refused on purpose: any recipient at refused.test (550 5.1.1), any sender at blocked.test
 (553). `stop()` takes every listener down (and drops open connections), `start()` brings
 them back on the same ports.
+
+AUTH XOAUTH2 is offered too; it succeeds only while `xoauth2_checker` is set (by the OAuth
+tests: a callable (user, token) -> bool that asks their OAuth server) and says yes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
+import json
 import logging
 import secrets
 import shutil
@@ -31,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 
 from integrations.models import EmailIntegration
 from tests.conftest import free_port
@@ -105,6 +110,7 @@ class SmtpServer:
     _servers: list[asyncio.AbstractServer] = field(default_factory=list, repr=False)
     _protocols: set[SMTP] = field(default_factory=set, repr=False)
     connections: int = 0
+    xoauth2_checker: Callable[[str, str], bool] | None = field(default=None, repr=False)
 
     # What arrived ----------------------------------------------------------------------
 
@@ -206,6 +212,7 @@ class SmtpServer:
                 **options,
             )
             protocol._tracked_in = self._protocols
+            protocol._smtp_server = self
             self._protocols.add(protocol)
             return protocol
 
@@ -236,6 +243,35 @@ class _TrackedSMTP(SMTP):
     """Forgets itself when its connection ends, so stop() only aborts live ones."""
 
     _tracked_in: set[SMTP]
+    _smtp_server: SmtpServer
+
+    async def auth_XOAUTH2(self, _: Any, args: list[str]) -> AuthResult:  # noqa: N802
+        """SASL XOAUTH2 (aiosmtpd has none): `user=...^Aauth=Bearer <token>^A^A` in base64.
+        A refusal is a 334 challenge with the error; the client answers with an empty line."""
+        try:
+            # args: the mechanism, then the initial response when the client sent one.
+            if len(args) > 1:
+                decoded: Any = base64.b64decode(args[1].encode(), validate=True)
+            else:
+                decoded = await self.challenge_auth("", encode_to_b64=False)
+                if decoded is MISSING:
+                    return AuthResult(success=False, handled=True)  # aiosmtpd said 501
+            fields = dict(
+                part.split("=", 1) for part in decoded.decode().split("\x01") if "=" in part
+            )
+        except (ValueError, UnicodeDecodeError):
+            await self.push("501 5.5.2 Can't decode XOAUTH2")
+            return AuthResult(success=False, handled=True)
+        user = fields.get("user", "")
+        token = fields.get("auth", "").removeprefix("Bearer ")
+        checker = self._smtp_server.xoauth2_checker
+        if checker is not None and checker(user, token):
+            return AuthResult(
+                success=True, handled=False, auth_data=LoginPassword(user.encode(), b"")
+            )
+        error = json.dumps({"status": "401", "schemes": "bearer", "scope": ""})
+        await self.challenge_auth(base64.b64encode(error.encode()).decode(), encode_to_b64=False)
+        return AuthResult(success=False, handled=False)  # aiosmtpd answers 535
 
     def connection_lost(self, *args: Any) -> None:
         self._tracked_in.discard(self)

@@ -48,7 +48,15 @@ def test_compose_accepts_the_file_with_its_variables(tmp_path: Path) -> None:
     result = run_config(tmp_path, filled)
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
-    assert set(config["services"]) == {"postgres", "redis", "migrate", "web", "worker", "beat"}
+    assert set(config["services"]) == {
+        "postgres",
+        "redis",
+        "migrate",
+        "web",
+        "worker",
+        "beat",
+        "mailidle",
+    }
     web = config["services"]["web"]
     assert web["environment"]["DATABASE_URL"].startswith(
         "postgres://servicedesk:pg-secret@postgres"
@@ -57,6 +65,7 @@ def test_compose_accepts_the_file_with_its_variables(tmp_path: Path) -> None:
     assert web["environment"]["DEBUG"] == "false"
     assert config["services"]["worker"]["command"][:3] == ["celery", "-A", "servicedesk"]
     assert "beat" in config["services"]["beat"]["command"]
+    assert config["services"]["mailidle"]["command"] == ["python", "manage.py", "mailidle"]
 
 
 def test_compose_refuses_to_start_without_secret_key(tmp_path: Path) -> None:

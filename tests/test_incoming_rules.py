@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from integrations.models import EmailIntegration
 from mailworker.headers import LOOP_HEADER
 from mailworker.models import OutboxEmail
+from mailworker.outbound.outbox import composed_bytes
 from mailworker.pipeline.passes import run_pass
 from records.models import (
     EmailRule,
@@ -326,7 +327,7 @@ def test_ignored_emails_are_forwarded_to_the_chosen_users(
     assert forward.to_addresses == ["lead@desk-staff.test"]
     assert forward.state == OutboxEmail.State.PENDING
     assert bytes(forward.attached_email) == spam
-    assert b'filename="original.eml"' in bytes(forward.raw_message)
+    assert b'filename="original.eml"' in composed_bytes(forward)
 
 
 def test_without_an_outgoing_integration_the_forward_fails_visibly(desk, django_user_model):

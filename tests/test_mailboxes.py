@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from django.utils import timezone
 from imapclient import IMAPClient
 
 from integrations.models import EmailIntegration
@@ -348,10 +349,15 @@ def test_starttls_is_required_when_the_encryption_says_so(
     assert integration.incoming_username.encode() not in sent
 
 
-def test_oauth_integrations_are_not_supported_yet():
-    integration = EmailIntegration(incoming_protocol="google", incoming_username="a@b.test")
+def test_an_oauth_integration_that_needs_reconnect_is_not_even_connected_to():
+    integration = EmailIntegration(
+        incoming_protocol="google",
+        incoming_username="a@b.test",
+        needs_reconnect_since=timezone.now(),
+        needs_reconnect_reason="Google refused the stored grant.",
+    )
 
-    with pytest.raises(MailboxError, match="OAuth 2.0 mailboxes are not supported yet"):
+    with pytest.raises(MailboxError, match="Needs reconnect: Google refused the stored grant"):
         open_mailbox(integration)
 
 

@@ -9,6 +9,7 @@ from django.conf import settings
 from integrations.models import EmailIntegration, MailboxAccess
 from mailworker.mailboxes.base import DEFAULT_MAX_MESSAGE_BYTES, Mailbox, MailboxError
 from mailworker.mailboxes.imap import ImapMailbox
+from mailworker.mailboxes.oauth import NeedsReconnect
 from mailworker.mailboxes.pop3 import Pop3Mailbox
 
 ADAPTERS: dict[str, type[Mailbox]] = {
@@ -23,8 +24,9 @@ def open_mailbox(integration: EmailIntegration, **options: Any) -> Mailbox:
     `options` go to the adapter (timeout, max_message_bytes). Without max_message_bytes the
     desk's MAX_INCOMING_EMAIL_BYTES setting applies.
     """
-    if integration.uses_oauth:
-        raise MailboxError("OAuth 2.0 mailboxes are not supported yet")
+    if integration.needs_reconnect:
+        # Not even a connection: the provider refused the grant and only an admin can fix it.
+        raise NeedsReconnect(f"Needs reconnect: {integration.needs_reconnect_reason}")
     adapter = ADAPTERS.get(integration.mailbox_protocol)
     if adapter is None:
         raise MailboxError(

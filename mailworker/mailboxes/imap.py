@@ -21,6 +21,7 @@ from mailworker.mailboxes.base import (
     MailboxAuthError,
     MailboxError,
 )
+from mailworker.mailboxes.oauth import log_in_with_token
 from mailworker.mailboxes.tls import (
     describe_connection_error,
     ssl_context_for,
@@ -35,6 +36,9 @@ logger = logging.getLogger(__name__)
 FETCH_CHUNK_MESSAGES = 100
 FETCH_CHUNK_BYTES = 32 * 1024 * 1024
 MAX_FOLDERS_NAMED = 10
+# Set with \Deleted on what we ack, so that a pass killed between STORE and EXPUNGE leaves
+# messages the next pass can tell from ones a person flagged \Deleted.
+ACKED_KEYWORD = "$ServicedeskAcked"
 
 
 class ImapMailbox(Mailbox):
@@ -53,6 +57,8 @@ class ImapMailbox(Mailbox):
         self.max_message_bytes = max_message_bytes
         self._client: IMAPClient | None = None
         self._uidvalidity: int | None = None
+        self.exists_on_select = 0
+        self._marks_acks = False
 
     # Connecting ----------------------------------------------------------------------
 
@@ -89,6 +95,9 @@ class ImapMailbox(Mailbox):
             client.starttls(context)
 
     def _log_in(self, client: IMAPClient) -> None:
+        if self.integration.uses_oauth:
+            log_in_with_token(self.integration, lambda token: self._log_in_xoauth2(client, token))
+            return
         username = self.integration.incoming_username
         with self._failures(f"logging in as {username}"):
             try:
@@ -96,6 +105,18 @@ class ImapMailbox(Mailbox):
             except LoginError as exc:
                 raise MailboxAuthError(
                     f"{self.host}:{self.port} refused the login of {username}: {_server_text(exc)}"
+                ) from exc
+
+    def _log_in_xoauth2(self, client: IMAPClient, token: str) -> None:
+        username = self.integration.oauth_mailbox
+        with self._failures(f"logging in as {username} with OAuth 2.0 (XOAUTH2)"):
+            try:
+                client.oauth2_login(username, token)
+            except LoginError as exc:
+                raise MailboxAuthError(
+                    f"{self.host}:{self.port} refused the OAuth 2.0 token for {username}: "
+                    f"{_server_text(exc)}. Check that IMAP is enabled for the mailbox and that "
+                    "the app was granted IMAP access."
                 ) from exc
 
     def _select_folder(self, client: IMAPClient) -> None:
@@ -109,6 +130,19 @@ class ImapMailbox(Mailbox):
                     raise MailboxError(self._missing_folder_message(client)) from exc
                 raise
         self._uidvalidity = int(response[b"UIDVALIDITY"])
+        self.exists_on_select = int(response.get(b"EXISTS", 0))
+        self._marks_acks = b"\\*" in response.get(b"PERMANENTFLAGS", ())
+        if self._marks_acks:
+            self._finish_interrupted_acks(client)
+
+    def _finish_interrupted_acks(self, client: IMAPClient) -> None:
+        """Expunge what an earlier pass acked but could not expunge (it was killed between
+        STORE and EXPUNGE). Only messages carrying our ack keyword: \\Deleted flags set by
+        people sharing the mailbox are theirs to expunge."""
+        with self._failures("removing messages acked by an interrupted pass"):
+            leftovers = client.search(["DELETED", "KEYWORD", ACKED_KEYWORD])
+            if leftovers and client.has_capability("UIDPLUS"):
+                client.uid_expunge(leftovers)
 
     def _missing_folder_message(self, client: IMAPClient) -> str:
         names = [name for _flags, _delimiter, name in client.list_folders()]
@@ -175,7 +209,8 @@ class ImapMailbox(Mailbox):
         if not numbers:
             return
         with self._failures(f"removing {len(numbers)} processed message(s) from {self.folder!r}"):
-            client.add_flags(numbers, [DELETED], silent=True)
+            flags = [DELETED, ACKED_KEYWORD] if self._marks_acks else [DELETED]
+            client.add_flags(numbers, flags, silent=True)
             if client.has_capability("UIDPLUS"):
                 client.uid_expunge(numbers)
             else:
@@ -207,6 +242,11 @@ class ImapMailbox(Mailbox):
                 logger.debug("Closing %s:%s failed", self.host, self.port, exc_info=True)
 
     # Helpers -------------------------------------------------------------------------
+
+    @property
+    def client(self) -> IMAPClient:
+        """The connected client, for the IMAP IDLE listener (mailworker.idle)."""
+        return self._connected_client()
 
     def _connected_client(self) -> IMAPClient:
         if self._client is None:

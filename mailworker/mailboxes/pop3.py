@@ -24,6 +24,7 @@ from mailworker.mailboxes.base import (
     MailboxAuthError,
     MailboxError,
 )
+from mailworker.mailboxes.oauth import log_in_with_token, xoauth2_base64
 from mailworker.mailboxes.tls import (
     describe_connection_error,
     ssl_context_for,
@@ -125,6 +126,11 @@ class Pop3Mailbox(Mailbox):
             connection.stls(context)
 
     def _log_in(self, connection: poplib.POP3) -> None:
+        if self.integration.uses_oauth:
+            log_in_with_token(
+                self.integration, lambda token: self._log_in_xoauth2(connection, token)
+            )
+            return
         username = self.integration.incoming_username
         with self._failures(f"logging in as {username}"):
             try:
@@ -134,6 +140,25 @@ class Pop3Mailbox(Mailbox):
                 # Some servers refuse at USER already (unknown user, or no plain text login).
                 raise MailboxAuthError(
                     f"{self.host}:{self.port} refused the login of {username}: {_server_text(exc)}"
+                ) from exc
+
+    def _log_in_xoauth2(self, connection: poplib.POP3, token: str) -> None:
+        """SASL XOAUTH2 (RFC 5034 AUTH), which poplib does not offer: AUTH, the server's "+",
+        then the base64 initial response, as Microsoft and Google document it."""
+        username = self.integration.oauth_mailbox
+        with self._failures(f"logging in as {username} with OAuth 2.0 (XOAUTH2)"):
+            try:
+                connection._shortcmd("AUTH XOAUTH2")
+                answer = connection._shortcmd(xoauth2_base64(username, token))
+                if answer.startswith(b"+ ") or answer == b"+":
+                    # A failure comes as a challenge carrying the error (base64 JSON); the
+                    # client answers with an empty line and the server then says -ERR.
+                    connection._shortcmd("")
+            except poplib.error_proto as exc:
+                raise MailboxAuthError(
+                    f"{self.host}:{self.port} refused the OAuth 2.0 token for {username}: "
+                    f"{_server_text(exc)}. Check that POP is enabled for the mailbox and that "
+                    "the app was granted POP access."
                 ) from exc
 
     # Reading and removing ------------------------------------------------------------

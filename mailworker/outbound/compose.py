@@ -43,6 +43,13 @@ def header_safe(value: str, *, what: str) -> str:
     return value
 
 
+def check_headers(*, to: list[str], subject: str) -> None:
+    """Refuse, before anything is queued, values that compose() would refuse later."""
+    for address in to:
+        header_safe(address, what="A recipient address")
+    header_safe(subject, what="The subject")
+
+
 def record_subject(*, subject: str, number: int) -> str:
     """The record number in the subject, once: replies keep "[#123]" without doubling it."""
     subject = " ".join(subject.split())
@@ -93,13 +100,13 @@ def compose(
     automatic: bool,
     cc: list[str] | None = None,
     attached_email: bytes = b"",
+    message_id: str = "",
 ) -> ComposedEmail:
-    """Build one email ready for SMTP. Refuses values that would inject headers."""
-    for address in [*to, *(cc or [])]:
-        header_safe(address, what="A recipient address")
-    header_safe(subject, what="The subject")
+    """Build one email ready for SMTP. Refuses values that would inject headers.
+    `message_id`: the one given out when the email was queued; a new one when empty."""
+    check_headers(to=[*to, *(cc or [])], subject=subject)
     message = EmailMessage(policy=SMTP)
-    message_id = new_message_id(integration)
+    message_id = message_id or new_message_id(integration)
     message["From"] = _from_header(integration)
     message["To"] = ", ".join(to)
     if cc:

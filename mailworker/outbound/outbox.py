@@ -10,9 +10,12 @@ emails to one address an hour (loops with auto-responders stop there).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import transaction
@@ -22,7 +25,7 @@ from django.utils import timezone
 from integrations.models import EmailIntegration
 from integrations.services import addresses_read_by_incoming_integrations
 from mailworker.models import OutboxEmail
-from mailworker.outbound.compose import compose
+from mailworker.outbound.compose import check_headers, compose, new_message_id
 from mailworker.outbound.smtp import Envelope, SmtpFailure, send_envelopes
 from records.models import Direction, Message, ServiceRecord
 from records.services import add_message
@@ -44,9 +47,54 @@ def sending_integration(*, record: ServiceRecord | None = None) -> EmailIntegrat
     return default or EmailIntegration.objects.filter(outgoing_enabled=True).order_by("pk").first()
 
 
+@dataclass
+class _Batch:
+    # Recipients found over the automatic-email cap: within a batch (about a second) they
+    # stay over it, so an admin who hears of every new record costs one count, not one a row.
+    over_cap: set[str] = field(default_factory=set)
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+T = TypeVar("T")
+_batch: ContextVar[_Batch | None] = ContextVar("outbox_batch", default=None)
+
+
+@contextmanager
+def batched_outbox(*, desk_addresses: frozenset[str] | None = None) -> Iterator[None]:
+    """For code that queues many emails in one transaction (a chunk of incoming emails):
+    what their notifications look up alike is read once for all of them, not once an email.
+    `desk_addresses`: the addresses the desk reads, when the caller has them already."""
+    batch = _Batch()
+    if desk_addresses is not None:
+        batch.values[DESK_ADDRESSES] = desk_addresses
+    token = _batch.set(batch)
+    try:
+        yield
+    finally:
+        _batch.reset(token)
+
+
+def batched(key: str, load: Callable[[], T]) -> T:
+    """`load()`, read once per batch (see batched_outbox) and every time outside one: for
+    what notifications of many emails look up alike (the notification settings, the staff)."""
+    batch = _batch.get()
+    if batch is None:
+        return load()
+    if key not in batch.values:
+        batch.values[key] = load()
+    return batch.values[key]
+
+
+DESK_ADDRESSES = "desk addresses"
+
+
+def _desk_addresses() -> frozenset[str]:
+    return batched(DESK_ADDRESSES, lambda: frozenset(addresses_read_by_incoming_integrations()))
+
+
 def split_recipients(recipients: Sequence[str]) -> tuple[list[str], list[str]]:
     """(kept, removed): addresses the desk reads itself are removed, and logged."""
-    ours = addresses_read_by_incoming_integrations()
+    ours = _desk_addresses()
     kept, removed, seen = [], [], set()
     for address in recipients:
         normalised = address.strip().lower()
@@ -60,13 +108,27 @@ def split_recipients(recipients: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def over_automatic_cap(recipient: str) -> bool:
+    batch = _batch.get()
+    if batch is not None and recipient.lower() in batch.over_cap:
+        return True
+    over = _count_reaches_cap(recipient)
+    if over and batch is not None:
+        batch.over_cap.add(recipient.lower())
+    return over
+
+
+def _count_reaches_cap(recipient: str) -> bool:
     since = timezone.now() - timedelta(hours=1)
     sent_or_queued = OutboxEmail.objects.filter(
         recipient=recipient.lower(),
         is_automatic=True,
         created_at__gte=since,
     ).exclude(state=State.SUPPRESSED)
-    return sent_or_queued.count() >= settings.AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR
+    cap = settings.AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR
+    # Count no further than the cap: an address that hears of every new record (an admin)
+    # has thousands of suppressed rows in the hour, and counting them all for each new
+    # email made a busy mailbox quadratic.
+    return sent_or_queued.values("pk")[:cap].count() >= cap
 
 
 def record_thread(record: ServiceRecord) -> tuple[str, list[str]]:
@@ -103,14 +165,19 @@ def queue_email(
     log_message: Message | None = None,
     automatic: bool = True,
     attached_email: bytes = b"",
+    thread: tuple[str, list[str]] | None = None,
 ) -> Queued:
-    """Compose and queue an email; sending starts once the caller's transaction commits."""
+    """Compose and queue an email; sending starts once the caller's transaction commits.
+    `thread`: the record's (In-Reply-To, References), when the caller already read them
+    with record_thread() for several emails about one event."""
     integration = integration or sending_integration(record=record)
     kept, removed = split_recipients(to)
     result = Queued(removed=removed)
     if not kept:
         return result
-    in_reply_to, references = record_thread(record) if record is not None else ("", [])
+    if thread is None:
+        thread = record_thread(record) if record is not None else ("", [])
+    in_reply_to, references = thread
     # Automatic emails go one recipient a row: the cap counts per recipient.
     groups = [[address] for address in kept] if automatic else [kept]
     for recipients in groups:
@@ -140,20 +207,15 @@ def queue_email(
                 f"to {recipients[0]} within an hour (a loop with an auto-responder?)"
             )
         else:
-            composed = compose(
-                integration=integration,
-                to=recipients,
-                subject=subject,
-                text=text,
-                html=html,
-                in_reply_to=in_reply_to,
-                references=references,
-                automatic=automatic,
-                attached_email=attached_email,
-            )
-            row.raw_message, row.message_id = composed.raw, composed.message_id
-            row.sender_address = composed.sender
+            # Composing takes milliseconds (the stdlib's header folding): it waits for the
+            # send, so that importing a busy mailbox is not paced by it. What compose()
+            # would refuse is refused now, in the caller's transaction.
+            check_headers(to=recipients, subject=subject)
+            row.message_id = new_message_id(integration)
+            row.sender_address = integration.email_address
+            row.html_body = html
             row.in_reply_to = in_reply_to
+            row.references = list(references)
         row.save()
         result.rows.append(row)
     if log_message is not None and result.rows and result.rows[0].message_id:
@@ -165,8 +227,20 @@ def queue_email(
             from_address=integration.email_address if integration else "",
             to_addresses=kept,
         )
-    transaction.on_commit(request_sending)
+    _request_sending_on_commit()
     return result
+
+
+def _request_sending_on_commit() -> None:
+    """One send task per commit is enough (it drains every due row): a transaction that
+    queues a hundred emails asks once. Looking at the pending callbacks, rather than
+    keeping a flag, stays right when the savepoint that asked is rolled back."""
+    connection = transaction.get_connection()
+    if connection.in_atomic_block and any(
+        func is request_sending for _savepoints, func, _robust in connection.run_on_commit
+    ):
+        return
+    transaction.on_commit(request_sending)
 
 
 def request_sending() -> None:
@@ -248,6 +322,28 @@ def _mark_failed(row: OutboxEmail, error: str, *, temporary: bool) -> None:
     )
 
 
+def composed_bytes(row: OutboxEmail) -> bytes:
+    """The email's bytes: composed on the first attempt and stored, so that every retry
+    sends exactly the same email."""
+    if not row.raw_message:
+        assert row.integration is not None
+        composed = compose(
+            integration=row.integration,
+            to=row.to_addresses,
+            subject=row.subject,
+            text=row.text_body,
+            html=row.html_body,
+            in_reply_to=row.in_reply_to,
+            references=row.references,
+            automatic=row.is_automatic,
+            attached_email=bytes(row.attached_email),
+            message_id=row.message_id,
+        )
+        row.raw_message = composed.raw
+        OutboxEmail.objects.filter(pk=row.pk).update(raw_message=composed.raw)
+    return bytes(row.raw_message)
+
+
 @dataclass
 class SendReport:
     sent: int = 0
@@ -279,7 +375,7 @@ def send_rows(rows: list[OutboxEmail], report: SendReport) -> None:
                 Envelope(
                     sender=row.sender_address,
                     recipients=row.to_addresses,
-                    message=bytes(row.raw_message),
+                    message=composed_bytes(row),
                 )
                 for row in chunk
             ]

@@ -25,6 +25,13 @@ import aiosmtplib
 from django.core.mail.utils import DNS_NAME
 
 from integrations.models import EmailIntegration, Encryption
+from mailworker.mailboxes.base import MailboxAuthError, MailboxError
+from mailworker.mailboxes.oauth import (
+    NeedsReconnect,
+    access_token_for,
+    expire_access_token,
+    xoauth2_base64,
+)
 from mailworker.mailboxes.tls import describe_connection_error, ssl_context_for
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -81,7 +88,41 @@ def send_envelopes(
     """
     if not envelopes:
         return []
-    return asyncio.run(_send_batch(integration, list(envelopes), timeout=timeout))
+    if not uses_xoauth2(integration):
+        return asyncio.run(_send_batch(integration, list(envelopes), timeout=timeout))
+    # The token comes from the database, which cannot be used inside the event loop: get it
+    # first. A cached token the server refuses (revoked early) is refreshed once.
+    token = _access_token(integration)
+    try:
+        return asyncio.run(_send_batch(integration, list(envelopes), timeout=timeout, token=token))
+    except TokenRefused:
+        expire_access_token(integration, token)
+        token = _access_token(integration)
+        return asyncio.run(_send_batch(integration, list(envelopes), timeout=timeout, token=token))
+
+
+def uses_xoauth2(integration: EmailIntegration) -> bool:
+    """An OAuth 2.0 integration sends with its token, unless an SMTP password was entered
+    (a relay of its own)."""
+    return integration.uses_oauth and not integration.smtp_password
+
+
+def _access_token(integration: EmailIntegration) -> str:
+    try:
+        return access_token_for(integration)
+    except NeedsReconnect as exc:
+        raise SmtpFailure(
+            SmtpProblem(kind="auth", field="", message=str(exc), temporary=False)
+        ) from exc
+    except MailboxError as exc:  # the token endpoint is down, or the settings are wrong
+        temporary = not isinstance(exc, MailboxAuthError)
+        raise SmtpFailure(
+            SmtpProblem(kind="auth", field="", message=str(exc), temporary=temporary)
+        ) from exc
+
+
+class TokenRefused(SmtpFailure):
+    """The server refused the OAuth 2.0 access token."""
 
 
 # The session ------------------------------------------------------------------------------
@@ -90,8 +131,11 @@ def send_envelopes(
 class _Session:
     """Opens the connection the integration describes; every failure becomes SmtpFailure."""
 
-    def __init__(self, integration: EmailIntegration, *, timeout: float) -> None:
+    def __init__(
+        self, integration: EmailIntegration, *, timeout: float, token: str | None = None
+    ) -> None:
         self.integration = integration
+        self.token = token
         self.host = integration.smtp_host.strip()
         self.port = integration.effective_smtp_port
         self.encryption = integration.smtp_encryption
@@ -120,7 +164,9 @@ class _Session:
             await self._run(client.ehlo(), action="greeting the server (EHLO)")
             if self.encryption in (Encryption.TLS, Encryption.TLS12):
                 await self._start_tls(client, context)
-            if self.integration.smtp_username:
+            if self.token is not None:
+                await self._log_in_xoauth2(client, self.token)
+            elif self.integration.smtp_username:
                 await self._log_in(client)
         except BaseException:
             client.close()
@@ -201,6 +247,45 @@ class _Session:
                 )
             ) from exc
 
+    async def _log_in_xoauth2(self, client: aiosmtplib.SMTP, token: str) -> None:
+        """AUTH XOAUTH2 with the initial response, as Microsoft and Google document it.
+        aiosmtplib has no XOAUTH2, so the two commands are sent here."""
+        username = self.integration.smtp_username or self.integration.oauth_mailbox
+        if "xoauth2" not in client.server_auth_methods:
+            raise SmtpFailure(
+                SmtpProblem(
+                    kind="auth",
+                    field="smtp_host",
+                    message=(
+                        f"{self.where} does not offer OAuth 2.0 (AUTH XOAUTH2): use "
+                        "smtp.office365.com (Microsoft 365) or smtp.gmail.com (Google), port "
+                        "587 with STARTTLS."
+                    ),
+                    temporary=False,
+                )
+            )
+        action = f"logging in as {username} with OAuth 2.0 (XOAUTH2)"
+        response = await self._run(
+            client.execute_command(b"AUTH", b"XOAUTH2", xoauth2_base64(username, token).encode()),
+            action=action,
+        )
+        if response.code == 334:
+            # Refused: the challenge carries the error; an empty line ends the exchange.
+            response = await self._run(client.execute_command(b""), action=action)
+        if response.code != 235:
+            raise TokenRefused(
+                SmtpProblem(
+                    kind="auth",
+                    field="",
+                    message=(
+                        f"Authentication failed: {self.where} refused the OAuth 2.0 token for "
+                        f"{username} ({response.code} {response.message}). Check that the app "
+                        "may send as this mailbox (SMTP AUTH enabled for it at Microsoft)."
+                    ),
+                    temporary=_is_temporary(response.code),
+                )
+            )
+
     async def _run(self, step, *, action: str):
         """Await one step of opening the session; turn what it raises into SmtpFailure."""
         try:
@@ -265,9 +350,13 @@ class _Session:
 
 
 async def _send_batch(
-    integration: EmailIntegration, envelopes: list[Envelope], *, timeout: float
+    integration: EmailIntegration,
+    envelopes: list[Envelope],
+    *,
+    timeout: float,
+    token: str | None = None,
 ) -> list[Delivery]:
-    session = _Session(integration, timeout=timeout)
+    session = _Session(integration, timeout=timeout, token=token)
     client = await session.open()
     deliveries: list[Delivery] = []
     try:

@@ -36,7 +36,7 @@ def cleaned_subject_and_body(ctx: EmailContext) -> tuple[str, str]:
     return subject, body
 
 
-def log_email(ctx: EmailContext, *, subject: str, body: str) -> Message:
+def log_email(ctx: EmailContext, *, subject: str, body: str, just_opened: bool = False) -> Message:
     email: InboundEmail = ctx.email
     assert ctx.record is not None
     message = add_message(
@@ -54,6 +54,8 @@ def log_email(ctx: EmailContext, *, subject: str, body: str) -> Message:
         date=email.date,
         raw_size=email.raw_size,
         integration=ctx.integration,
+        # A record opened by this email was created with this moment as its update time.
+        touch_record=not just_opened,
     )
     for part in email.attachments:
         add_attachment(
@@ -73,11 +75,13 @@ def open_record(ctx: EmailContext, *, subject: str, body: str) -> None:
     requester, _created = get_or_create_end_user(
         email=email.from_address, display_name=email.from_name
     )
+    lookups = ctx.lookups
     ctx.record = create_record(
         title=subject,
         description=body,
         requester=requester,
         source_integration=ctx.integration,
+        status=lookups.new_status if lookups else None,
     )
     apply_email_rules(
         record=ctx.record,
@@ -87,6 +91,7 @@ def open_record(ctx: EmailContext, *, subject: str, body: str) -> None:
             subject=subject,
             body=body,
         ),
+        rules=lookups.email_rules if lookups else None,
     )
 
 
@@ -98,7 +103,11 @@ def change_status(ctx: EmailContext) -> None:
     change_status_on_reply(
         record=ctx.record,
         new_status=integration.change_status_to,
-        unless_status_ids=set(integration.unless_status_in.values_list("pk", flat=True)),
+        unless_status_ids=set(
+            ctx.lookups.unless_status_ids
+            if ctx.lookups
+            else integration.unless_status_in.values_list("pk", flat=True)
+        ),
     )
 
 
@@ -120,7 +129,7 @@ def apply_email(ctx: EmailContext) -> str:
     subject, body = cleaned_subject_and_body(ctx)
     if ctx.record is None:
         open_record(ctx, subject=subject, body=body)
-        message = log_email(ctx, subject=subject, body=body)
+        message = log_email(ctx, subject=subject, body=body, just_opened=True)
         signals.record_created.send(
             sender=Message, record=ctx.record, message=message, automatic=ctx.is_automatic
         )

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from integrations.models import EmailIntegration
 from mailworker.inbound import InboundEmail
 from records.models import ServiceRecord
+
+if TYPE_CHECKING:
+    from mailworker.pipeline.lookups import PassLookups
 
 
 class Classification(StrEnum):
@@ -55,6 +59,8 @@ class EmailContext:
     fingerprint: str = ""  # sender + subject + body, for the duplicate guard
     # Every address an incoming integration reads (for the loop guard), computed once a pass.
     desk_addresses: frozenset[str] = frozenset()
+    # Statuses, email rules and the like, read once a pass (see lookups.py).
+    lookups: PassLookups | None = None
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -1,5 +1,6 @@
-"""A pass over one integration's mailbox: fetch a batch, process each email (each commits on
-its own), ack what was committed, repeat until the mailbox is empty.
+"""A pass over one integration's mailbox: fetch a batch, process it chunk by chunk (a shared
+transaction with a savepoint per email), ack what each transaction committed, repeat until
+the mailbox is empty.
 
 The ack always follows the commit: a crash between the two leaves the message in the
 mailbox, and the next pass recognises it by its processed marker and only acks it.
@@ -10,18 +11,26 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.db.models import F
 from django.utils import timezone
 
 from integrations.models import EmailIntegration
-from integrations.services import addresses_read_by_incoming_integrations
 from mailworker.health import note_failure, note_success
-from mailworker.mailboxes.base import DEFAULT_BATCH_SIZE, Mailbox, MailboxError
+from mailworker.locks import integration_lock
+from mailworker.mailboxes.base import DEFAULT_BATCH_SIZE, FetchedMessage, Mailbox, MailboxError
 from mailworker.mailboxes.factory import open_mailbox
-from mailworker.pipeline.process import ALREADY_PROCESSED, ProcessResult, process_raw
+from mailworker.pipeline import process
+from mailworker.pipeline.lookups import load_pass_lookups
+from mailworker.pipeline.process import (
+    ALREADY_PROCESSED,
+    ProcessResult,
+    RawEmail,
+    process_chunk,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +41,8 @@ class PassReport:
     counts: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # Another pass over the same mailbox held the lock: this one did nothing.
+    skipped: bool = False
 
     @property
     def failed(self) -> bool:
@@ -44,7 +55,27 @@ class PassReport:
     def count(self, result: ProcessResult) -> None:
         self.counts[result.outcome] += 1
 
+    def log_fields(self, *, integration_id: int) -> dict[str, object]:
+        c = self.counts
+        return {
+            "integration_id": integration_id,
+            "integration": self.integration,
+            "status": "skipped" if self.skipped else "failed" if self.failed else "ok",
+            "fetched": self.fetched,
+            "created": c["created"],
+            "appended": c["appended"],
+            "ignored": c["ignored"],
+            "duplicates": c["duplicate"],
+            "quarantined": c["quarantined"],
+            "already_processed": c[ALREADY_PROCESSED],
+            "errors": len(self.errors),
+            "duration_ms": round(self.seconds * 1000),
+            "error": "; ".join(self.errors)[:500],
+        }
+
     def summary(self) -> str:
+        if self.skipped:
+            return f"{self.integration}: skipped, another pass over this mailbox is running"
         c = self.counts
         line = (
             f"{self.integration}: fetched {self.fetched}, created {c['created']}, updated "
@@ -63,12 +94,13 @@ def max_message_bytes() -> int:
 
 def record_poll(integration: EmailIntegration, report: PassReport) -> None:
     now = timezone.now()
-    fields = {"last_polled_at": now}
+    fields: dict[str, object] = {"last_polled_at": now}
     if report.failed:
         error = "; ".join(report.errors)[:10_000]
-        fields |= {"last_error": error, "last_error_at": now}
+        failures = F("poll_failures") + 1
+        fields |= {"last_error": error, "last_error_at": now, "poll_failures": failures}
     else:
-        fields |= {"last_success_at": now, "last_error": ""}
+        fields |= {"last_success_at": now, "last_error": "", "poll_failures": 0}
     EmailIntegration.objects.filter(pk=integration.pk).update(**fields)
     try:
         if report.failed:
@@ -86,32 +118,66 @@ def drain_mailbox(
     report: PassReport,
     batch_size: int,
 ) -> None:
-    desk_addresses = frozenset(addresses_read_by_incoming_integrations())
+    """Fetch, process and ack until the mailbox is empty.
+
+    Messages are taken from the mailbox a chunk at a time (at most CHUNK_MAX_EMAILS, or
+    CHUNK_MAX_BYTES of them), so memory does not grow with the batch size or the size of
+    the emails; each chunk commits in shared transactions (see process_chunk) and what a
+    transaction committed is acked right after its commit.
+    """
+    lookups = load_pass_lookups(integration=integration)
     limit = max_message_bytes()
     seen: set[str] = set()
     while True:
-        batch = list(mailbox.fetch(limit=batch_size))
-        if not batch or all(message.uid in seen for message in batch):
-            # Empty, or the server keeps returning what we acked: stop rather than spin.
+        fetched = 0
+        anything_new = False
+        for chunk in fetched_chunks(mailbox.fetch(limit=batch_size)):
+            fetched += len(chunk)
+            anything_new = anything_new or any(message.uid not in seen for message in chunk)
+            emails = [
+                RawEmail(message.raw, limit if message.oversized else None) for message in chunk
+            ]
+            acked = 0
+            for results in process_chunk(integration=integration, emails=emails, lookups=lookups):
+                committed = chunk[acked : acked + len(results)]
+                acked += len(results)
+                for result in results:
+                    report.count(result)
+                seen.update(message.uid for message in committed)
+                mailbox.ack([message.uid for message in committed])
+            # Let this chunk's bytes go before the next ones are fetched.
+            del chunk, emails
+        if not fetched or not anything_new or fetched < batch_size:
+            # Empty, or the server keeps returning what we acked (stop rather than spin), or
+            # the last batch was not full.
             return
-        done: list[str] = []
-        try:
-            for message in batch:
-                result = process_raw(
-                    integration=integration,
-                    raw=message.raw,
-                    desk_addresses=desk_addresses,
-                    oversized_limit=limit if message.oversized else None,
-                )
-                report.count(result)
-                done.append(message.uid)
-                seen.add(message.uid)
-        finally:
-            # Everything in `done` has committed; ack it even when a later email failed.
-            if done:
-                mailbox.ack(done)
-        if len(batch) < batch_size:
-            return
+
+
+CHUNK_MAX_BYTES = 16 * 1024 * 1024
+
+
+def fetched_chunks(
+    messages: Iterable[FetchedMessage],
+    *,
+    max_emails: int | None = None,
+    max_bytes: int | None = None,
+) -> Iterator[list[FetchedMessage]]:
+    """Group fetched messages into chunks of `max_emails` messages, or fewer once they hold
+    `max_bytes` of raw bytes. A chunk is handed on as soon as it is full, before the next
+    message is pulled from the mailbox: a large email is never held while another one is
+    processed."""
+    max_emails = max_emails or process.CHUNK_MAX_EMAILS
+    max_bytes = max_bytes or CHUNK_MAX_BYTES
+    chunk: list[FetchedMessage] = []
+    size = 0
+    for message in messages:
+        chunk.append(message)
+        size += len(message.raw)
+        if len(chunk) >= max_emails or size >= max_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 def run_pass(
@@ -121,20 +187,46 @@ def run_pass(
     mailbox_factory: Callable[[EmailIntegration], Mailbox] = open_mailbox,
 ) -> PassReport:
     """Import everything waiting in the integration's mailbox. Never raises for a mailbox
-    or email problem: the report says what failed."""
+    or email problem: the report says what failed.
+
+    Only one pass per integration runs at a time (see mailworker.locks): when another holds
+    the lock, this one returns at once with `skipped` set, and records nothing.
+    """
     report = PassReport(integration=integration.name)
     started = time.monotonic()
-    try:
-        with mailbox_factory(integration) as mailbox:
-            drain_mailbox(
-                integration=integration, mailbox=mailbox, report=report, batch_size=batch_size
-            )
-    except MailboxError as exc:
-        report.errors.append(str(exc))
-    except Exception as exc:  # the database, or a bug: this integration fails, others go on
-        logger.exception("integration %s: pass failed", integration.name)
-        report.errors.append(f"{type(exc).__name__}: {exc}")
-    report.seconds = time.monotonic() - started
-    record_poll(integration, report)
-    logger.log(logging.WARNING if report.failed else logging.INFO, "fetchmail %s", report.summary())
+    with integration_lock(integration.pk) as taken:
+        if not taken:
+            report.skipped = True
+            log_pass(integration, report)
+            return report
+        try:
+            with mailbox_factory(integration) as mailbox:
+                drain_mailbox(
+                    integration=integration, mailbox=mailbox, report=report, batch_size=batch_size
+                )
+        except MailboxError as exc:
+            report.errors.append(str(exc))
+        except Exception as exc:  # the database, or a bug: this integration fails, others go on
+            logger.exception("integration %s: pass failed", integration.name)
+            report.errors.append(f"{type(exc).__name__}: {exc}")
+        report.seconds = time.monotonic() - started
+        record_poll(integration, report)
+    log_pass(integration, report)
     return report
+
+
+def log_pass(integration: EmailIntegration, report: PassReport) -> None:
+    """One line per pass per integration, in logfmt (`key=value`), so log collectors can
+    index the counts; the same values ride along as `extra` for JSON formatters."""
+    fields = report.log_fields(integration_id=integration.pk)
+    line = " ".join(f"{key}={logfmt_value(value)}" for key, value in fields.items())
+    level = logging.WARNING if report.failed else logging.INFO
+    logger.log(level, "mail pass %s", line, extra={"mail_pass": fields})
+
+
+def logfmt_value(value: object) -> str:
+    text = str(value)
+    if text and not any(character in text for character in ' "=\\\n'):
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'

@@ -1,16 +1,20 @@
-"""One email, from raw bytes to its outcome, in one transaction with its processed marker.
+"""Emails, from raw bytes to their outcome, each atomically with its processed marker.
 
-`process_raw` never raises for a problem of the email: anything the email makes go wrong is
-rolled back and the raw bytes are quarantined with the error, so the batch goes on. Only a
-failure of the system itself (the database is unreachable) propagates: then nothing is
-acked and the email stays in the mailbox for the next pass.
+A pass processes a chunk of emails in one transaction with a savepoint per email
+(`process_chunk`), so a busy mailbox costs a commit per chunk, not per email. Nothing here
+raises for a problem of an email: what it makes go wrong is rolled back to its savepoint
+and the raw bytes are quarantined with the error, so the chunk goes on. Only a failure of
+the system itself (the database is unreachable) propagates: then the chunk's transaction
+rolls back, nothing of it is acked, and its emails stay in the mailbox for the next pass.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import traceback
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, transaction
@@ -18,11 +22,12 @@ from django.db import DatabaseError, IntegrityError, InterfaceError, Operational
 from integrations.models import EmailIntegration
 from mailworker.inbound import InboundEmail
 from mailworker.models import OutboxEmail
-from mailworker.outbound.outbox import queue_email
+from mailworker.outbound.outbox import batched_outbox, queue_email
 from mailworker.parsing import parse_email
 from mailworker.pipeline.apply import apply_email, queue_forward_of_ignored
 from mailworker.pipeline.context import EmailContext, Verdict
 from mailworker.pipeline.filters import run_filters
+from mailworker.pipeline.lookups import PassLookups, load_pass_lookups
 from records.models import ProcessedEmail, Quarantine
 
 logger = logging.getLogger(__name__)
@@ -134,6 +139,22 @@ def queue_size_notice(*, integration: EmailIntegration, email: InboundEmail, lim
     )
 
 
+@dataclass(frozen=True)
+class RawEmail:
+    """One email to process: its bytes, and for an email over the size limit (`raw` then
+    holds only its headers) that limit, so it is quarantined and the sender told."""
+
+    raw: bytes
+    oversized_limit: int | None = None
+
+
+# A chunk commits after this many emails or this long, whichever comes first: a shared
+# transaction saves a commit per email, and a bounded one keeps SQLite's single writer lock
+# (the web screens, other workers) waiting at most about this long.
+CHUNK_MAX_EMAILS = 100
+CHUNK_MAX_SECONDS = 1.0
+
+
 def process_raw(
     *,
     integration: EmailIntegration,
@@ -141,11 +162,67 @@ def process_raw(
     desk_addresses: frozenset[str],
     oversized_limit: int | None = None,
 ) -> ProcessResult:
-    """Process one email. `oversized_limit` set means `raw` holds only the headers of an
-    email larger than that many bytes: it is quarantined and the sender told."""
-    key = marker_key(raw)
-    if already_processed(integration=integration, key=key):
-        return ProcessResult(ALREADY_PROCESSED)
+    """Process one email in its own transaction (`ingest_email`, reprocessing from the
+    quarantine). `oversized_limit` set means `raw` holds only the headers of an email
+    larger than that many bytes: it is quarantined and the sender told."""
+    lookups = load_pass_lookups(integration=integration, desk_addresses=desk_addresses)
+    (committed,) = process_chunk(
+        integration=integration, emails=[RawEmail(raw, oversized_limit)], lookups=lookups
+    )
+    return committed[0]
+
+
+def process_chunk(
+    *,
+    integration: EmailIntegration,
+    emails: Sequence[RawEmail],
+    lookups: PassLookups,
+    max_emails: int | None = None,
+    max_seconds: float | None = None,
+) -> Iterator[list[ProcessResult]]:
+    """Process emails in shared transactions, a savepoint each; yields the results of each
+    transaction once it has committed, in order, so the caller acks exactly those.
+
+    An email that fails rolls back to its savepoint and is quarantined in the same
+    transaction; the others commit. A failure of the system (SYSTEM_ERRORS, or a
+    quarantine that cannot be written) rolls the whole transaction back and propagates:
+    nothing of it is yielded, so nothing of it is acked.
+    """
+    max_emails = max_emails or CHUNK_MAX_EMAILS
+    max_seconds = max_seconds or CHUNK_MAX_SECONDS
+    keys = [marker_key(email.raw) for email in emails]
+    done = processed_keys(integration=integration, keys=keys)
+    position = 0
+    while position < len(emails):
+        results: list[ProcessResult] = []
+        deadline = time.monotonic() + max_seconds
+        with transaction.atomic(), batched_outbox(desk_addresses=lookups.desk_addresses):
+            for email, key in zip(emails[position:], keys[position:], strict=True):
+                if key in done:
+                    results.append(ProcessResult(ALREADY_PROCESSED))
+                else:
+                    results.append(_process_one(integration, email, key, lookups))
+                    done.add(key)  # the same bytes twice in one chunk: the second is done
+                if len(results) >= max_emails or time.monotonic() > deadline:
+                    break
+        position += len(results)
+        yield results
+
+
+def processed_keys(*, integration: EmailIntegration, keys: Sequence[str]) -> set[str]:
+    """Which of these marker keys the integration has already processed: one query."""
+    return set(
+        ProcessedEmail.objects.filter(integration=integration, key__in=set(keys)).values_list(
+            "key", flat=True
+        )
+    )
+
+
+def _process_one(
+    integration: EmailIntegration, item: RawEmail, key: str, lookups: PassLookups
+) -> ProcessResult:
+    """One email in its own savepoint of the caller's transaction."""
+    raw, oversized_limit = item.raw, item.oversized_limit
     email: InboundEmail | None = None
     try:
         email = parse_email(raw)
@@ -161,7 +238,11 @@ def process_raw(
                     key=key,
                 )
             ctx = EmailContext(
-                integration=integration, email=email, raw=raw, desk_addresses=desk_addresses
+                integration=integration,
+                email=email,
+                raw=raw,
+                desk_addresses=lookups.desk_addresses,
+                lookups=lookups,
             )
             return _decide(ctx, run_filters(ctx), key=key)
     except IntegrityError:

@@ -1,0 +1,115 @@
+"""Rows 1 and 2: a busy mailbox imported by one `fetchmail` pass, and the same mailbox
+read by a bare loop that only fetches and parses (what the hardware and the standard
+library allow), and how close the first comes to the second."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from email import message_from_bytes, policy
+
+from imapclient import IMAPClient
+
+from bench.corpus import mixed_mailbox
+from bench.rows import Row
+
+INGEST_TARGET = 300.0  # emails/s on this machine (2 cores), SQLite and PostgreSQL
+RATIO_TARGET = 1 / 3
+BARE_CHUNK = 100  # messages a FETCH, as the IMAP adapter does
+
+
+def bare_read(*, host: str, port: int, username: str, password: str, ca_pem: str) -> int:
+    """Fetch every message over IMAPS and walk its MIME parts with the standard library,
+    writing nothing: the ceiling for an importer in Python on this machine."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    with IMAPClient(host, port, ssl=True, ssl_context=context) as client:
+        client.login(username, password)
+        client.select_folder("INBOX", readonly=True)
+        uids = sorted(client.search(["NOT", "DELETED"]))
+        for start in range(0, len(uids), BARE_CHUNK):
+            fetched = client.fetch(uids[start : start + BARE_CHUNK], ["BODY.PEEK[]"])
+            for item in fetched.values():
+                message = message_from_bytes(item[b"BODY[]"], policy=policy.default)
+                for part in message.walk():
+                    if not part.is_multipart():
+                        part.get_content()
+        return len(uids)
+
+
+def _staff_who_hears_of_new_records() -> None:
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_user(
+        username="bench-admin", email="admin@desk.test", password=None, is_staff=True
+    )
+
+
+def ingest_and_limit(bench) -> list[Row]:
+    from records.models import Message, ServiceRecord
+
+    count = bench.options.emails
+    _staff_who_hears_of_new_records()
+    integration = bench.integration()
+    raws = mixed_mailbox(count)
+    bench.dovecot.deliver(integration.incoming_username, raws)
+    del raws
+
+    started = time.monotonic()
+    read = bare_read(
+        host=bench.dovecot.host,
+        port=bench.dovecot.imaps_port,
+        username=integration.incoming_username,
+        password=integration.incoming_password,
+        ca_pem=bench.dovecot.ca_pem,
+    )
+    bare_seconds = time.monotonic() - started
+    assert read == count, f"bare loop read {read} of {count}"
+
+    run = bench.fetchmail(integration)
+    left = bench.dovecot.count(integration.incoming_username)
+    records, messages = (
+        ServiceRecord.objects.count(),
+        Message.objects.filter(direction="in").count(),
+    )
+    if left or messages != count:
+        raise RuntimeError(
+            f"ingest incomplete: {left} left in the mailbox, {messages} of {count} logged\n"
+            f"{run.output[-3000:]}"
+        )
+    rate = count / run.pass_seconds
+    limit = count / bare_seconds
+    rows = [
+        Row(
+            name=f"1. Ingest {count} emails, one fetchmail pass",
+            result=f"{rate:.0f} emails/s ({run.pass_seconds:.2f} s)",
+            target=f">= {INGEST_TARGET:.0f} emails/s",
+            met=rate >= INGEST_TARGET,
+            details={
+                "emails": count,
+                "records": records,
+                "pass_seconds": run.pass_seconds,
+                "command_seconds": run.wall_seconds,
+                "emails_per_second": rate,
+                "fetchmail_output": run.output.strip()[-500:],
+            },
+        )
+    ]
+    if bench.primary:
+        rows.append(
+            Row(
+                name="2. Limit: bare imapclient fetch + stdlib parse",
+                result=f"{limit:.0f} emails/s ({bare_seconds:.2f} s)",
+                details={"emails": count, "seconds": bare_seconds, "emails_per_second": limit},
+            )
+        )
+    ratio = rate / limit
+    rows.append(
+        Row(
+            name="   Ingest / limit",
+            result=f"{ratio:.2f}",
+            target=f">= {RATIO_TARGET:.2f}",
+            met=ratio >= RATIO_TARGET,
+            details={"ratio": ratio, "limit_emails_per_second": limit},
+        )
+    )
+    return rows

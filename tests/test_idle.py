@@ -1,0 +1,194 @@
+"""Push delivery with IMAP IDLE on the real Dovecot: the listener in this process for its
+behaviour, then `manage.py mailidle` with a Celery worker for the delivery-to-record time."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from integrations.models import EmailIntegration
+from mailworker.idle import STATUS_LISTENING, IdleListener
+from records.models import ServiceRecord
+from tests.dovecot import Dovecot
+from tests.mail import make_email
+from tests.workers import Workers, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Recorder:
+    """Stands in for the Celery queue: remembers which integrations asked for a pass."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, integration_id: int) -> None:
+        with self.lock:
+            self.calls.append(integration_id)
+
+    def count(self, integration_id: int) -> int:
+        with self.lock:
+            return self.calls.count(integration_id)
+
+
+@pytest.fixture
+def listener(settings) -> Iterator[tuple[IdleListener, Recorder]]:
+    settings.IDLE_RELOAD_SECONDS = 1
+    recorder = Recorder()
+    idle = IdleListener(on_new_mail=recorder)
+    thread = threading.Thread(target=idle.run, name="idle-listener", daemon=True)
+    thread.start()
+    yield idle, recorder
+    idle.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def idle_status(integration: EmailIntegration) -> str:
+    return EmailIntegration.objects.values_list("idle_status", flat=True).get(pk=integration.pk)
+
+
+def wait_for_status(integration: EmailIntegration, prefix: str, timeout: float = 30) -> None:
+    wait_until(
+        lambda: idle_status(integration).startswith(prefix),
+        timeout=timeout,
+        message=f"IDLE status stayed {idle_status(integration)!r}, expected {prefix!r}...",
+    )
+
+
+def test_new_mail_asks_for_a_pass_at_once(
+    listener: tuple[IdleListener, Recorder],
+    dovecot: Dovecot,
+    dovecot_integration: Callable[..., EmailIntegration],
+) -> None:
+    _idle, recorder = listener
+    integration = dovecot_integration(poll_interval_seconds=3600)
+    wait_for_status(integration, STATUS_LISTENING)
+    assert recorder.count(integration.pk) == 0  # an empty mailbox needs no pass
+
+    dovecot.deliver(integration.incoming_username, make_email(subject="Pushed"))
+
+    wait_until(lambda: recorder.count(integration.pk) == 1, timeout=10)
+
+
+def test_mail_waiting_when_the_listener_connects_asks_for_a_pass(
+    listener: tuple[IdleListener, Recorder],
+    dovecot: Dovecot,
+    dovecot_integration: Callable[..., EmailIntegration],
+) -> None:
+    _idle, recorder = listener
+    integration = dovecot_integration(use_idle=False)
+    dovecot.deliver(integration.incoming_username, make_email(subject="Waiting"))
+    EmailIntegration.objects.filter(pk=integration.pk).update(use_idle=True)
+    # updated_at is what tells the listener about an edit; update() leaves it alone.
+    EmailIntegration.objects.get(pk=integration.pk).save()
+
+    wait_for_status(integration, STATUS_LISTENING)
+    wait_until(lambda: recorder.count(integration.pk) == 1, timeout=10)
+
+
+def test_the_listener_reconnects_after_the_server_restarts(
+    listener: tuple[IdleListener, Recorder],
+    dovecot: Dovecot,
+    dovecot_integration: Callable[..., EmailIntegration],
+) -> None:
+    _idle, recorder = listener
+    integration = dovecot_integration(poll_interval_seconds=3600)
+    wait_for_status(integration, STATUS_LISTENING)
+    try:
+        dovecot.crash()
+        wait_for_status(integration, "reconnecting in")
+    finally:
+        dovecot.start()
+    wait_for_status(integration, STATUS_LISTENING, timeout=60)
+
+    dovecot.deliver(integration.incoming_username, make_email(subject="After the restart"))
+
+    wait_until(lambda: recorder.count(integration.pk) >= 1, timeout=10)
+
+
+def test_idle_is_renewed_before_the_server_drops_it(
+    settings,
+    listener: tuple[IdleListener, Recorder],
+    dovecot: Dovecot,
+    dovecot_integration: Callable[..., EmailIntegration],
+) -> None:
+    settings.IDLE_REISSUE_SECONDS = 1
+    idle, recorder = listener
+    integration = dovecot_integration(poll_interval_seconds=3600)
+    wait_for_status(integration, STATUS_LISTENING)
+    first = idle.watches[integration.pk].idle_since
+    wait_until(lambda: idle.watches[integration.pk].idle_since > first + 1.5, timeout=10)
+
+    dovecot.deliver(integration.incoming_username, make_email(subject="Still listening"))
+
+    wait_until(lambda: recorder.count(integration.pk) == 1, timeout=10)
+    assert idle_status(integration) == STATUS_LISTENING
+
+
+def test_turning_push_off_or_disabling_the_integration_stops_listening(
+    listener: tuple[IdleListener, Recorder],
+    dovecot_integration: Callable[..., EmailIntegration],
+) -> None:
+    idle, _recorder = listener
+    pushed = dovecot_integration()
+    disabled = dovecot_integration()
+    wait_for_status(pushed, STATUS_LISTENING)
+    wait_for_status(disabled, STATUS_LISTENING)
+
+    pushed.use_idle = False
+    pushed.save()
+    disabled.incoming_enabled = False
+    disabled.save()
+
+    wait_until(lambda: idle.listening == 0, timeout=10)
+    assert idle_status(pushed) == idle_status(disabled) == ""
+
+
+def test_pop3_and_opted_out_mailboxes_are_not_watched(
+    listener: tuple[IdleListener, Recorder],
+    dovecot_integration: Callable[..., EmailIntegration],
+) -> None:
+    idle, _recorder = listener
+    dovecot_integration(protocol="pop3")
+    dovecot_integration(use_idle=False)
+    watched = dovecot_integration()
+    wait_for_status(watched, STATUS_LISTENING)
+    assert set(idle.watches) == {watched.pk}
+
+
+def test_mailidle_and_a_worker_turn_delivered_mail_into_records_within_seconds(
+    workers: Workers, dovecot: Dovecot, dovecot_integration: Callable[..., EmailIntegration]
+) -> None:
+    """The whole chain as ops run it: Dovecot announces the email, mailidle queues a pass on
+    Redis, the worker imports it. Polling is an hour away, so only IDLE can be this fast."""
+    integration = dovecot_integration(poll_interval_seconds=3600)
+    worker = workers.celery_worker()
+    worker.start()
+    mailidle = workers.manage("mailidle", "mailidle", ready_text="listening for new mail")
+    mailidle.start()
+    wait_for_status(integration, STATUS_LISTENING)
+
+    latencies = []
+    for n in range(20):
+        dovecot.deliver(integration.incoming_username, make_email(subject=f"Idle {n:02d}"))
+        delivered = time.monotonic()
+        wait_until(
+            lambda n=n: ServiceRecord.objects.filter(title=f"Idle {n:02d}").exists(),
+            timeout=15,
+            interval=0.02,
+            message=f"email {n} did not become a record:\n{mailidle.output()[-2000:]}\n"
+            f"{worker.output()[-3000:]}",
+        )
+        latencies.append(time.monotonic() - delivered)
+
+    assert ServiceRecord.objects.count() == 20
+    print(
+        f"\nIMAP IDLE delivery to record, 20 emails: median {statistics.median(latencies):.2f} s,"
+        f" worst {max(latencies):.2f} s"
+    )
