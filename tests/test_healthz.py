@@ -79,8 +79,36 @@ def get_json(url: str) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+def wait_or_kill_procfile(honcho: subprocess.Popen, timeout: float) -> bool:
+    """Wait for honcho to stop its processes and exit; if it does not, SIGKILL it and the
+    processes it started (each in a session of its own) so that none outlives the test."""
+    try:
+        honcho.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        pass
+    children = subprocess.run(
+        ["pgrep", "-P", str(honcho.pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    grandchildren = [
+        pid
+        for child in children
+        for pid in subprocess.run(
+            ["pgrep", "-P", child], capture_output=True, text=True, check=False
+        ).stdout.split()
+    ]
+    for pid in grandchildren:  # honcho's per-process helpers each lead a session: kill it.
+        try:
+            os.killpg(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.killpg(honcho.pid, signal.SIGKILL)
+    honcho.wait(timeout=30)
+    return False
+
+
 def test_make_run_processes_become_healthy_and_stop_together(tmp_path: Path) -> None:
-    """The Procfile that `make run` starts: web, worker and beat on SQLite and the
+    """The Procfile that `make run` starts: web, worker, beat and mailidle on SQLite and the
     filesystem broker, with no other server; healthy once the worker's heartbeat arrives."""
     port = free_port()
     venv_bin = str(Path(os.sys.executable).parent)
@@ -125,13 +153,13 @@ def test_make_run_processes_become_healthy_and_stop_together(tmp_path: Path) -> 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=5) as page:  # noqa: S310
             assert b"Log in" in page.read()
     finally:
-        honcho.send_signal(signal.SIGINT)
-        try:
-            honcho.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(honcho.pid, signal.SIGKILL)
-            raise
+        # SIGTERM, not SIGINT: a shell without job control starts background jobs with SIGINT
+        # ignored, and honcho treats both alike.
+        honcho.send_signal(signal.SIGTERM)
+        stopped = wait_or_kill_procfile(honcho, timeout=60)
         log.close()
     output = (tmp_path / "honcho.log").read_text()
-    for process in ("web.1", "worker.1", "beat.1"):
+    assert stopped, f"honcho did not stop within 60 s after SIGTERM:\n{output[-4000:]}"
+    assert "mailidle: listening for new mail" in output, output[-3000:]
+    for process in ("web.1", "worker.1", "beat.1", "idle.1"):
         assert f"{process} stopped" in output, output[-3000:]
