@@ -17,7 +17,7 @@ from mailworker.outbound.compose import record_subject
 from mailworker.outbound.outbox import batched, queue_email, record_thread
 from mailworker.outbound.texts import render_subject, render_text
 from records import signals
-from records.models import Message, ServiceRecord
+from records.models import Direction, Message, ServiceRecord
 from records.services import DETAIL_LABELS
 
 Kind = OutboxEmail.Kind
@@ -73,6 +73,16 @@ class _Thread:
         self.record = record
         self._value: tuple[str, list[str]] | None = None
 
+    @classmethod
+    def of_new_record(cls, record: ServiceRecord, message: Message | None) -> _Thread:
+        """A record an incoming email has just opened has that email as its whole thread:
+        what record_thread() would read back, known without a query."""
+        thread = cls(record)
+        if message is not None and message.direction == Direction.INCOMING:
+            ids = [message.message_id] if message.message_id else []
+            thread._value = (ids[-1] if ids else "", ids)
+        return thread
+
     def get(self) -> tuple[str, list[str]]:
         if self._value is None:
             self._value = record_thread(self.record)
@@ -111,7 +121,7 @@ def on_record_created(sender, record: ServiceRecord, message=None, automatic=Fal
         return  # no automatic email answers an auto-reply or a bounce
     choices = current_settings()
     context = {"message": message}
-    thread = _Thread(record)
+    thread = _Thread.of_new_record(record, message)
     if choices.end_user_on_created:
         notify(
             record=record,

@@ -341,6 +341,8 @@ def remove_emojis(text: str) -> str:
     they leave behind: "Printer 🔥 broken 👍🏽" -> "Printer broken". Line breaks and other
     spacing stay. The emoji package counts ©, ™ and ❤ as emoji too, as Unicode does."""
     text = text.replace(_EMOJI_MARK, "")
+    if text.isascii():
+        return text  # every emoji has a code point above U+007F (keycaps end in U+20E3)
     marked = emoji.replace_emoji(text, replace=_EMOJI_MARK)
     if marked == text:
         return text

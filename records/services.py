@@ -10,6 +10,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from records import signals
@@ -41,6 +42,18 @@ def _free_username(email: str) -> str:
             return candidate
 
 
+def find_users_by_email(*, emails: list[str]) -> dict[str, User]:
+    """The users with these addresses, keyed by the lowercased address: one query for many
+    senders (the addresses are unique regardless of case)."""
+    wanted = {email.strip().lower() for email in emails if email.strip()}
+    if not wanted:
+        return {}
+    users = (
+        get_user_model().objects.annotate(email_lower=Lower("email")).filter(email_lower__in=wanted)
+    )
+    return {user.email_lower: user for user in users}
+
+
 def get_or_create_end_user(*, email: str, display_name: str = "") -> tuple[User, bool]:
     """The user with this address, or a new end user for an unregistered sender.
 
@@ -51,6 +64,12 @@ def get_or_create_end_user(*, email: str, display_name: str = "") -> tuple[User,
     existing = find_user_by_email(email=email)
     if existing is not None:
         return existing, False
+    return create_end_user(email=email, display_name=display_name)
+
+
+def create_end_user(*, email: str, display_name: str = "") -> tuple[User, bool]:
+    """A new end user for an address the caller found unregistered; the existing user when
+    another worker registered it meanwhile (then `created` is False)."""
     first_name, _, last_name = display_name.strip().partition(" ")
     user = get_user_model()(
         username=_free_username(email),

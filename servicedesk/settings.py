@@ -158,6 +158,9 @@ POLL_DISPATCH_SECONDS = env.int("POLL_DISPATCH_SECONDS", default=15)
 POLL_BACKOFF_MAX_SECONDS = env.int("POLL_BACKOFF_MAX_SECONDS", default=3600)
 # /healthz is unhealthy when an integration's pass is overdue by more than this.
 POLL_MAX_DELAY_SECONDS = env.int("POLL_MAX_DELAY_SECONDS", default=300)
+# Processes that parse the next chunk of emails while a pass writes the current one: unset
+# means one on a machine with two or more cores; 0 parses in the pass's own process.
+INGEST_PARSE_PROCESSES = env.int("INGEST_PARSE_PROCESSES", default=None)
 # IMAP IDLE (manage.py mailidle): IDLE is re-issued after this long (RFC 2177: servers may
 # drop an IDLE after 30 minutes), and the integrations are re-read this often.
 IDLE_REISSUE_SECONDS = env.int("IDLE_REISSUE_SECONDS", default=25 * 60)

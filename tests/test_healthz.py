@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -98,10 +99,8 @@ def wait_or_kill_procfile(honcho: subprocess.Popen, timeout: float) -> bool:
         ).stdout.split()
     ]
     for pid in grandchildren:  # honcho's per-process helpers each lead a session: kill it.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     os.killpg(honcho.pid, signal.SIGKILL)
     honcho.wait(timeout=30)
     return False

@@ -8,6 +8,7 @@ from django.db import OperationalError
 
 from mailworker.models import OutboxEmail
 from mailworker.pipeline import apply as apply_module
+from mailworker.pipeline import parse_ahead
 from mailworker.pipeline import process as process_module
 from mailworker.pipeline.passes import run_pass
 from records.models import Message, ProcessedEmail, Quarantine, ServiceRecord
@@ -110,3 +111,77 @@ def test_each_email_of_a_chunk_notifies_its_sender_once(dovecot, dovecot_integra
     notified = OutboxEmail.objects.filter(kind=OutboxEmail.Kind.NOTIFICATION)
     for sender in senders:
         assert notified.filter(to_addresses=[sender]).count() == 1
+
+
+def test_what_a_failing_email_queued_is_rolled_back_and_the_rest_of_its_chunk_goes_on(
+    dovecot, dovecot_integration, monkeypatch
+):
+    """The chunk reads its senders' users and counts once and inserts its outbox rows at
+    its end: an email that fails after it created its sender and queued their notification
+    takes both back with it, and a later email from the same sender still gets them."""
+    integration = dovecot_integration(protocol="imap", encryption="ssl")
+    senders = [f"person{n}@customer.test" for n in range(6)]
+    raws = [make_email(sender=s, subject=f"Request {n}", body=s) for n, s in enumerate(senders)]
+    raws.append(make_email(sender=senders[3], subject="Request 3 again", body="again"))
+    dovecot.deliver(integration.incoming_username, raws)
+    real_copy = apply_module.queue_copy_of_incoming
+
+    def fail_after_notifying(ctx):  # runs after the record_created notifications
+        if ctx.email.subject == "Request 3":
+            raise ValueError("a bug after the notifications")
+        return real_copy(ctx)
+
+    monkeypatch.setattr(apply_module, "queue_copy_of_incoming", fail_after_notifying)
+
+    report = run_pass(integration=integration)
+
+    assert report.counts["created"] == 6 and report.counts["quarantined"] == 1
+    assert not ServiceRecord.objects.filter(title="Request 3").exists()
+    assert ServiceRecord.objects.get(title="Request 3 again").requester.email == senders[3]
+    notified = OutboxEmail.objects.filter(kind=OutboxEmail.Kind.NOTIFICATION)
+    for sender in senders:
+        assert notified.filter(to_addresses=[sender]).count() == 1, sender
+    assert notified.filter(record__isnull=True).count() == 0
+
+
+def test_the_same_text_twice_in_one_chunk_is_a_duplicate(dovecot, dovecot_integration):
+    integration = dovecot_integration(protocol="imap", encryption="ssl")
+    dovecot.deliver(
+        integration.incoming_username,
+        [make_email(subject="Sent twice", body="Same text, other Message-ID") for _ in range(2)],
+    )
+
+    report = run_pass(integration=integration)
+
+    assert report.counts["created"] == 1 and report.counts["duplicate"] == 1
+    assert ServiceRecord.objects.count() == 1
+
+
+@pytest.mark.parametrize("processes", [0, 1])
+def test_an_email_the_parser_fails_on_is_quarantined_whole_with_the_traceback(
+    dovecot, dovecot_integration, monkeypatch, settings, processes
+):
+    """Parsing runs in a second process (1) or in the pass's own (0): either way a parser
+    failure quarantines the raw bytes with the traceback and the others are imported."""
+    settings.INGEST_PARSE_PROCESSES = processes
+    integration = dovecot_integration(protocol="imap", encryption="ssl")
+    raws = _emails(5)
+    dovecot.deliver(integration.incoming_username, raws)
+    real_parse = parse_ahead.parse_email
+
+    def parse_email(raw: bytes):
+        if b"Request 2" in raw:
+            raise UnicodeError("the parser tripped")
+        return real_parse(raw)
+
+    # Set before the pass forks its parsing process, so the child has it too.
+    monkeypatch.setattr(parse_ahead, "parse_email", parse_email)
+
+    report = run_pass(integration=integration)
+
+    assert report.counts["created"] == 4 and report.counts["quarantined"] == 1
+    entry = Quarantine.objects.get()
+    assert bytes(entry.raw_email) == raws[2]
+    assert "UnicodeError: the parser tripped" in entry.reason
+    assert "Traceback" in entry.reason
+    assert dovecot.count(integration.incoming_username) == 0

@@ -94,6 +94,10 @@ class ManagedProcess:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def mark_output(self) -> None:
+        """wait_for_output() looks only at what is printed from now on."""
+        self._offset = self.log_path.stat().st_size
+
     def wait_for_output(self, text: str, timeout: float = READY_TIMEOUT_SECONDS) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

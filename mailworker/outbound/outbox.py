@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from integrations.models import EmailIntegration
@@ -49,10 +49,14 @@ def sending_integration(*, record: ServiceRecord | None = None) -> EmailIntegrat
 
 @dataclass
 class _Batch:
-    # Recipients found over the automatic-email cap: within a batch (about a second) they
-    # stay over it, so an admin who hears of every new record costs one count, not one a row.
-    over_cap: set[str] = field(default_factory=set)
+    # Automatic emails counted against the cap per recipient in the last hour (counted up
+    # to the cap): counted once per batch and then kept up to date as rows are queued, so
+    # an admin who hears of every new record costs one count, not one a row.
+    automatic_counts: dict[str, int] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
+    # Rows queued in this batch, inserted with one statement when it ends (still inside the
+    # caller's transaction, so they commit with the events that queued them).
+    pending: list[OutboxEmail] = field(default_factory=list)
 
 
 T = TypeVar("T")
@@ -62,7 +66,8 @@ _batch: ContextVar[_Batch | None] = ContextVar("outbox_batch", default=None)
 @contextmanager
 def batched_outbox(*, desk_addresses: frozenset[str] | None = None) -> Iterator[None]:
     """For code that queues many emails in one transaction (a chunk of incoming emails):
-    what their notifications look up alike is read once for all of them, not once an email.
+    what their notifications look up alike is read once for all of them, not once an email,
+    and the rows are inserted together at the end. Use it inside the transaction.
     `desk_addresses`: the addresses the desk reads, when the caller has them already."""
     batch = _Batch()
     if desk_addresses is not None:
@@ -70,8 +75,41 @@ def batched_outbox(*, desk_addresses: frozenset[str] | None = None) -> Iterator[
     token = _batch.set(batch)
     try:
         yield
+        _insert_pending(batch)
     finally:
         _batch.reset(token)
+
+
+def _insert_pending(batch: _Batch) -> None:
+    if batch.pending:
+        OutboxEmail.objects.bulk_create(batch.pending)
+        batch.pending.clear()
+
+
+def _save_row(row: OutboxEmail) -> None:
+    batch = _batch.get()
+    if batch is None:
+        row.save()
+    else:
+        batch.pending.append(row)
+
+
+def batch_mark() -> int:
+    """Where the batch stands, for a caller about to open a savepoint (see rollback_batch_to)."""
+    batch = _batch.get()
+    return len(batch.pending) if batch is not None else 0
+
+
+def rollback_batch_to(mark: int) -> None:
+    """The savepoint opened at `mark` rolled back: the rows queued since are dropped, the
+    earlier ones inserted now, and the cap is counted from the database again (what this
+    batch counted included the dropped rows)."""
+    batch = _batch.get()
+    if batch is None:
+        return
+    del batch.pending[mark:]
+    _insert_pending(batch)
+    batch.automatic_counts.clear()
 
 
 def batched(key: str, load: Callable[[], T]) -> T:
@@ -108,27 +146,54 @@ def split_recipients(recipients: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def over_automatic_cap(recipient: str) -> bool:
+    return _automatic_count(recipient.lower()) >= settings.AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR
+
+
+def _automatic_count(recipient: str) -> int:
     batch = _batch.get()
-    if batch is not None and recipient.lower() in batch.over_cap:
-        return True
-    over = _count_reaches_cap(recipient)
-    if over and batch is not None:
-        batch.over_cap.add(recipient.lower())
-    return over
-
-
-def _count_reaches_cap(recipient: str) -> bool:
-    since = timezone.now() - timedelta(hours=1)
-    sent_or_queued = OutboxEmail.objects.filter(
-        recipient=recipient.lower(),
-        is_automatic=True,
-        created_at__gte=since,
-    ).exclude(state=State.SUPPRESSED)
+    if batch is not None and recipient in batch.automatic_counts:
+        return batch.automatic_counts[recipient]
     cap = settings.AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR
     # Count no further than the cap: an address that hears of every new record (an admin)
-    # has thousands of suppressed rows in the hour, and counting them all for each new
-    # email made a busy mailbox quadratic.
-    return sent_or_queued.values("pk")[:cap].count() >= cap
+    # has thousands of rows in the hour, and counting them all for each new email made a
+    # busy mailbox quadratic.
+    count = _counted_against_cap().filter(recipient=recipient).values("pk")[:cap].count()
+    if batch is not None:
+        batch.automatic_counts[recipient] = count
+    return count
+
+
+def _counted_against_cap():
+    since = timezone.now() - timedelta(hours=1)
+    return OutboxEmail.objects.filter(is_automatic=True, created_at__gte=since).exclude(
+        state=State.SUPPRESSED
+    )
+
+
+def prefetch_automatic_counts(recipients: Sequence[str]) -> None:
+    """Count the cap for many recipients with one query (a chunk's senders, who each get
+    an acknowledgement): rows beyond the cap are suppressed, so each count is at most
+    about the cap."""
+    batch = _batch.get()
+    wanted = {address.strip().lower() for address in recipients if address.strip()}
+    wanted -= set(batch.automatic_counts) if batch else set()
+    if batch is None or not wanted:
+        return
+    counts = dict(
+        _counted_against_cap()
+        .filter(recipient__in=wanted)
+        .values("recipient")
+        .annotate(count=Count("pk"))
+        .values_list("recipient", "count")
+    )
+    for recipient in wanted:
+        batch.automatic_counts[recipient] = counts.get(recipient, 0)
+
+
+def _count_queued_automatic(recipient: str) -> None:
+    batch = _batch.get()
+    if batch is not None and recipient in batch.automatic_counts:
+        batch.automatic_counts[recipient] += 1
 
 
 def record_thread(record: ServiceRecord) -> tuple[str, list[str]]:
@@ -216,7 +281,9 @@ def queue_email(
             row.html_body = html
             row.in_reply_to = in_reply_to
             row.references = list(references)
-        row.save()
+        if automatic and row.state != State.SUPPRESSED:
+            _count_queued_automatic(row.recipient)
+        _save_row(row)
         result.rows.append(row)
     if log_message is not None and result.rows and result.rows[0].message_id:
         Message.objects.filter(pk=log_message.pk).update(

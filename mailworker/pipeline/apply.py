@@ -15,11 +15,12 @@ from mailworker.parsing import remove_emojis
 from mailworker.pipeline.context import EmailContext
 from records import signals
 from records.email_rules import RuleInput, apply_email_rules
-from records.models import Direction, Message, ProcessedEmail
+from records.models import Direction, Message, ProcessedEmail, User
 from records.services import (
     add_attachment,
     add_message,
     change_status_on_reply,
+    create_end_user,
     create_record,
     get_or_create_end_user,
 )
@@ -68,13 +69,29 @@ def log_email(ctx: EmailContext, *, subject: str, body: str, just_opened: bool =
     return message
 
 
+def requester_of(ctx: EmailContext) -> User:
+    """The sender's user, created as an end user when new; from the chunk's look-up when it
+    has one (one query for all the chunk's senders)."""
+    email = ctx.email
+    known, user = ctx.chunk.user(email.from_address) if ctx.chunk else (False, None)
+    if user is not None:
+        return user
+    if known:  # the chunk looked and found nobody: no need to look again
+        user, _created = create_end_user(email=email.from_address, display_name=email.from_name)
+    else:
+        user, _created = get_or_create_end_user(
+            email=email.from_address, display_name=email.from_name
+        )
+    if ctx.chunk:
+        ctx.chunk.note_user(user)
+    return user
+
+
 def open_record(ctx: EmailContext, *, subject: str, body: str) -> None:
     email = ctx.email
     if not email.from_address:
         raise NoSenderError("the email has no sender address, so no requester for a new record")
-    requester, _created = get_or_create_end_user(
-        email=email.from_address, display_name=email.from_name
-    )
+    requester = requester_of(ctx)
     lookups = ctx.lookups
     ctx.record = create_record(
         title=subject,

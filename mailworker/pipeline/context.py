@@ -11,7 +11,7 @@ from mailworker.inbound import InboundEmail
 from records.models import ServiceRecord
 
 if TYPE_CHECKING:
-    from mailworker.pipeline.lookups import PassLookups
+    from mailworker.pipeline.lookups import ChunkLookups, PassLookups
 
 
 class Classification(StrEnum):
@@ -61,6 +61,8 @@ class EmailContext:
     desk_addresses: frozenset[str] = frozenset()
     # Statuses, email rules and the like, read once a pass (see lookups.py).
     lookups: PassLookups | None = None
+    # The users and markers this email's chunk read at once (see lookups.py).
+    chunk: ChunkLookups | None = None
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -7,13 +7,15 @@ A pass lasts seconds; an admin's change to these is seen by the next pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from django.db.models import Max
 
 from integrations.models import EmailIntegration
 from integrations.services import addresses_read_by_incoming_integrations
 from records.email_rules import active_email_rules
-from records.models import EmailRule, Status
-from records.services import default_new_status
+from records.models import EmailRule, ProcessedEmail, Status, User
+from records.services import default_new_status, find_users_by_email
 
 
 @dataclass(frozen=True)
@@ -36,4 +38,65 @@ def load_pass_lookups(
         new_status=default_new_status(),
         email_rules=tuple(active_email_rules()),
         unless_status_ids=frozenset(integration.unless_status_in.values_list("pk", flat=True)),
+    )
+
+
+@dataclass
+class ChunkLookups:
+    """What the emails of one chunk (one transaction) look up one by one otherwise: their
+    senders' users and the newest marker with each one's duplicate fingerprint, read with
+    one query each before the chunk. What an email adds (a new end user, its marker) is
+    noted for the emails after it.
+
+    An email that fails rolls back to its savepoint, taking with it what it added: then
+    `forget()` turns these look-ups off for the rest of the chunk, which goes back to asking
+    the database (correct, only slower, and failures are rare).
+    """
+
+    users: dict[str, User] = field(default_factory=dict)  # lowercased address -> user
+    addresses: frozenset[str] = frozenset()  # the addresses `users` answers for
+    newest_markers: dict[str, int] = field(default_factory=dict)  # fingerprint -> marker id
+    fingerprints: frozenset[str] = frozenset()  # the fingerprints `newest_markers` answers for
+    valid: bool = True
+
+    def user(self, address: str) -> tuple[bool, User | None]:
+        """(known, user): whether the chunk can answer for this address, and its user."""
+        key = address.strip().lower()
+        if not self.valid or key not in self.addresses:
+            return False, None
+        return True, self.users.get(key)
+
+    def note_user(self, user: User) -> None:
+        if self.valid:
+            self.users[user.email.strip().lower()] = user
+
+    def newest_marker(self, fingerprint: str) -> tuple[bool, int | None]:
+        if not self.valid or fingerprint not in self.fingerprints:
+            return False, None
+        return True, self.newest_markers.get(fingerprint)
+
+    def note_marker(self, fingerprint: str, marker_id: int) -> None:
+        if self.valid and fingerprint in self.fingerprints:
+            self.newest_markers[fingerprint] = marker_id
+
+    def forget(self) -> None:
+        self.valid = False
+        self.users.clear()
+        self.newest_markers.clear()
+
+
+def load_chunk_lookups(*, senders: list[str], fingerprints: list[str]) -> ChunkLookups:
+    """Two queries for a chunk's emails, instead of one or two an email."""
+    wanted = frozenset(fingerprint for fingerprint in fingerprints if fingerprint)
+    newest = (
+        ProcessedEmail.objects.filter(fingerprint__in=wanted)
+        .values("fingerprint")
+        .annotate(newest=Max("id"))
+        .values_list("fingerprint", "newest")
+    )
+    return ChunkLookups(
+        users=find_users_by_email(emails=senders),
+        addresses=frozenset(sender.strip().lower() for sender in senders if sender.strip()),
+        newest_markers=dict(newest) if wanted else {},
+        fingerprints=wanted,
     )

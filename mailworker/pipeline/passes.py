@@ -12,6 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -23,8 +24,9 @@ from mailworker.health import note_failure, note_success
 from mailworker.locks import integration_lock
 from mailworker.mailboxes.base import DEFAULT_BATCH_SIZE, FetchedMessage, Mailbox, MailboxError
 from mailworker.mailboxes.factory import open_mailbox
-from mailworker.pipeline import process
+from mailworker.pipeline import parse_ahead, process
 from mailworker.pipeline.lookups import load_pass_lookups
+from mailworker.pipeline.parse_ahead import Parsed
 from mailworker.pipeline.process import (
     ALREADY_PROCESSED,
     ProcessResult,
@@ -123,34 +125,48 @@ def drain_mailbox(
     Messages are taken from the mailbox a chunk at a time (at most CHUNK_MAX_EMAILS, or
     CHUNK_MAX_BYTES of them), so memory does not grow with the batch size or the size of
     the emails; each chunk commits in shared transactions (see process_chunk) and what a
-    transaction committed is acked right after its commit.
+    transaction committed is acked right after its commit. While a chunk is written, the
+    next one is fetched and parsed in a second process (parse_ahead.py): at most two
+    chunks are held at once.
     """
     lookups = load_pass_lookups(integration=integration)
     limit = max_message_bytes()
     seen: set[str] = set()
-    while True:
-        fetched = 0
-        anything_new = False
-        for chunk in fetched_chunks(mailbox.fetch(limit=batch_size)):
-            fetched += len(chunk)
-            anything_new = anything_new or any(message.uid not in seen for message in chunk)
-            emails = [
-                RawEmail(message.raw, limit if message.oversized else None) for message in chunk
-            ]
-            acked = 0
-            for results in process_chunk(integration=integration, emails=emails, lookups=lookups):
-                committed = chunk[acked : acked + len(results)]
-                acked += len(results)
-                for result in results:
-                    report.count(result)
-                seen.update(message.uid for message in committed)
-                mailbox.ack([message.uid for message in committed])
-            # Let this chunk's bytes go before the next ones are fetched.
-            del chunk, emails
-        if not fetched or not anything_new or fetched < batch_size:
-            # Empty, or the server keeps returning what we acked (stop rather than spin), or
-            # the last batch was not full.
-            return
+
+    def write(chunk: list[FetchedMessage], parsed: list[Parsed]) -> None:
+        emails = [RawEmail(message.raw, limit if message.oversized else None) for message in chunk]
+        acked = 0
+        for results in process_chunk(
+            integration=integration, emails=emails, lookups=lookups, parsed=parsed
+        ):
+            committed = chunk[acked : acked + len(results)]
+            acked += len(results)
+            for result in results:
+                report.count(result)
+            seen.update(message.uid for message in committed)
+            mailbox.ack([message.uid for message in committed])
+
+    with parse_ahead.parser() as parser:
+        while True:
+            fetched = 0
+            anything_new = False
+            waiting: tuple[list[FetchedMessage], Future] | None = None
+            for chunk in fetched_chunks(mailbox.fetch(limit=batch_size)):
+                fetched += len(chunk)
+                anything_new = anything_new or any(message.uid not in seen for message in chunk)
+                parsing = parser.submit([message.raw for message in chunk])
+                if waiting is not None:
+                    write(waiting[0], parser.result(waiting[1], [m.raw for m in waiting[0]]))
+                waiting = (chunk, parsing)
+                # Let this chunk's bytes go once it is written, before the next is fetched.
+                del chunk, parsing
+            if waiting is not None:
+                write(waiting[0], parser.result(waiting[1], [m.raw for m in waiting[0]]))
+                waiting = None
+            if not fetched or not anything_new or fetched < batch_size:
+                # Empty, or the server keeps returning what we acked (stop rather than spin),
+                # or the last batch was not full.
+                return
 
 
 CHUNK_MAX_BYTES = 16 * 1024 * 1024

@@ -22,12 +22,24 @@ from django.db import DatabaseError, IntegrityError, InterfaceError, Operational
 from integrations.models import EmailIntegration
 from mailworker.inbound import InboundEmail
 from mailworker.models import OutboxEmail
-from mailworker.outbound.outbox import batched_outbox, queue_email
-from mailworker.parsing import parse_email
+from mailworker.outbound.outbox import (
+    batch_mark,
+    batched_outbox,
+    prefetch_automatic_counts,
+    queue_email,
+    rollback_batch_to,
+)
 from mailworker.pipeline.apply import apply_email, queue_forward_of_ignored
 from mailworker.pipeline.context import EmailContext, Verdict
 from mailworker.pipeline.filters import run_filters
-from mailworker.pipeline.lookups import PassLookups, load_pass_lookups
+from mailworker.pipeline.filters.duplicate_guard import fingerprint
+from mailworker.pipeline.lookups import (
+    ChunkLookups,
+    PassLookups,
+    load_chunk_lookups,
+    load_pass_lookups,
+)
+from mailworker.pipeline.parse_ahead import Parsed, parse
 from records.models import ProcessedEmail, Quarantine
 
 logger = logging.getLogger(__name__)
@@ -66,9 +78,9 @@ def _mark(
     outcome: str,
     record_id: int | None = None,
     fingerprint: str = "",
-) -> None:
+) -> ProcessedEmail:
     email = ctx_or_email.email if isinstance(ctx_or_email, EmailContext) else ctx_or_email
-    ProcessedEmail.objects.create(
+    return ProcessedEmail.objects.create(
         integration=integration,
         key=key,
         message_id=(email.message_id if email else "")[:998],
@@ -102,7 +114,7 @@ def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str) -> ProcessR
     integration = ctx.integration
     if verdict is None:
         outcome = apply_email(ctx)
-        _mark(
+        marker = _mark(
             ctx,
             integration=integration,
             key=key,
@@ -110,6 +122,8 @@ def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str) -> ProcessR
             record_id=ctx.record.pk,
             fingerprint=ctx.fingerprint,
         )
+        if ctx.chunk is not None and ctx.fingerprint:
+            ctx.chunk.note_marker(ctx.fingerprint, marker.pk)
         return ProcessResult(outcome, record_id=ctx.record.pk, reason=ctx.matched_by)
     if verdict.action == "quarantine":
         return _quarantine(
@@ -179,6 +193,7 @@ def process_chunk(
     lookups: PassLookups,
     max_emails: int | None = None,
     max_seconds: float | None = None,
+    parsed: Sequence[Parsed] | None = None,
 ) -> Iterator[list[ProcessResult]]:
     """Process emails in shared transactions, a savepoint each; yields the results of each
     transaction once it has committed, in order, so the caller acks exactly those.
@@ -187,26 +202,51 @@ def process_chunk(
     transaction; the others commit. A failure of the system (SYSTEM_ERRORS, or a
     quarantine that cannot be written) rolls the whole transaction back and propagates:
     nothing of it is yielded, so nothing of it is acked.
+
+    `parsed`: the emails parsed already (in a second process, see parse_ahead.py), in order.
     """
     max_emails = max_emails or CHUNK_MAX_EMAILS
     max_seconds = max_seconds or CHUNK_MAX_SECONDS
     keys = [marker_key(email.raw) for email in emails]
     done = processed_keys(integration=integration, keys=keys)
+    if parsed is None:
+        # Parsed before any transaction opens: it needs no database, and the chunk's senders
+        # and fingerprints are then looked up with one query each.
+        parsed = [parse(email.raw) for email in emails]
     position = 0
     while position < len(emails):
         results: list[ProcessResult] = []
         deadline = time.monotonic() + max_seconds
         with transaction.atomic(), batched_outbox(desk_addresses=lookups.desk_addresses):
-            for email, key in zip(emails[position:], keys[position:], strict=True):
+            chunk = chunk_lookups(parsed[position : position + max_emails])
+            for index in range(position, len(emails)):
+                key = keys[index]
                 if key in done:
                     results.append(ProcessResult(ALREADY_PROCESSED))
                 else:
-                    results.append(_process_one(integration, email, key, lookups))
+                    results.append(
+                        _process_one(integration, emails[index], key, lookups, parsed[index], chunk)
+                    )
                     done.add(key)  # the same bytes twice in one chunk: the second is done
                 if len(results) >= max_emails or time.monotonic() > deadline:
                     break
         position += len(results)
         yield results
+
+
+def chunk_lookups(parsed: list[Parsed]) -> ChunkLookups:
+    """Inside the chunk's batched_outbox: the senders' counts against the cap of automatic
+    emails are read there too (each new record acknowledges its sender)."""
+    emails = [item.email for item in parsed if item.email is not None]
+    senders = [email.from_address for email in emails if email.from_address]
+    prefetch_automatic_counts(senders)
+    return load_chunk_lookups(
+        senders=senders,
+        fingerprints=[
+            fingerprint(sender=email.from_address, subject=email.subject, body=email.text_body)
+            for email in emails
+        ],
+    )
 
 
 def processed_keys(*, integration: EmailIntegration, keys: Sequence[str]) -> set[str]:
@@ -219,13 +259,20 @@ def processed_keys(*, integration: EmailIntegration, keys: Sequence[str]) -> set
 
 
 def _process_one(
-    integration: EmailIntegration, item: RawEmail, key: str, lookups: PassLookups
+    integration: EmailIntegration,
+    item: RawEmail,
+    key: str,
+    lookups: PassLookups,
+    parsed: Parsed,
+    chunk: ChunkLookups,
 ) -> ProcessResult:
     """One email in its own savepoint of the caller's transaction."""
     raw, oversized_limit = item.raw, item.oversized_limit
-    email: InboundEmail | None = None
+    email = parsed.email
+    if email is None:
+        return _quarantine_after_error(integration, raw, None, key, error=parsed.failure)
+    outbox_mark = batch_mark()
     try:
-        email = parse_email(raw)
         with transaction.atomic():
             if oversized_limit is not None:
                 queue_size_notice(integration=integration, email=email, limit=oversized_limit)
@@ -243,9 +290,11 @@ def _process_one(
                 raw=raw,
                 desk_addresses=lookups.desk_addresses,
                 lookups=lookups,
+                chunk=chunk,
             )
             return _decide(ctx, run_filters(ctx), key=key)
     except IntegrityError:
+        forget_rolled_back(chunk, outbox_mark)
         # Another worker committed the same email first (the marker is unique): it is done.
         if already_processed(integration=integration, key=key):
             return ProcessResult(ALREADY_PROCESSED)
@@ -253,14 +302,34 @@ def _process_one(
     except SYSTEM_ERRORS:
         raise
     except Exception:  # the email made something fail: keep it whole and go on
+        forget_rolled_back(chunk, outbox_mark)
         return _quarantine_after_error(integration, raw, email, key)
 
 
+def forget_rolled_back(chunk: ChunkLookups, outbox_mark: int) -> None:
+    """What the chunk noted of the rolled-back email (a user, a marker, queued emails
+    and their count against the cap) no longer exists."""
+    chunk.forget()
+    rollback_batch_to(outbox_mark)
+
+
 def _quarantine_after_error(
-    integration: EmailIntegration, raw: bytes, email: InboundEmail | None, key: str
+    integration: EmailIntegration,
+    raw: bytes,
+    email: InboundEmail | None,
+    key: str,
+    *,
+    error: str = "",
 ) -> ProcessResult:
-    error = traceback.format_exc(limit=8)
-    logger.exception("integration %s: email quarantined after an error", integration.name)
+    """`error`: the traceback when it was raised elsewhere (parsing, in another process);
+    else the one being handled."""
+    if error:
+        logger.error(
+            "integration %s: email quarantined after an error\n%s", integration.name, error
+        )
+    else:
+        error = traceback.format_exc(limit=8)
+        logger.exception("integration %s: email quarantined after an error", integration.name)
     try:
         with transaction.atomic():
             return _quarantine(

@@ -13,6 +13,7 @@ import hashlib
 from django.contrib.auth import get_user_model
 
 from mailworker.pipeline.context import CONTINUE, EmailContext, Verdict, duplicate
+from mailworker.pipeline.lookups import ChunkLookups
 from records.models import ProcessedEmail
 
 WINDOW = 1000
@@ -38,19 +39,22 @@ def is_exempt(ctx: EmailContext) -> bool:
     )
 
 
-def seen_recently(fingerprint_value: str) -> bool:
+def seen_recently(fingerprint_value: str, chunk: ChunkLookups | None = None) -> bool:
     """Whether one of the WINDOW newest markers has this fingerprint.
 
     Most emails are new: one indexed look-up of the newest marker with the fingerprint
     answers them. Only for a match do we ask whether it is among the newest WINDOW, by
     counting at most WINDOW + 1 markers from it on the primary key (not by an OFFSET over
-    the whole table for every email, which cost a scan of 1,000 rows each time)."""
-    newest_match = (
-        ProcessedEmail.objects.filter(fingerprint=fingerprint_value)
-        .order_by("-id")
-        .values_list("id", flat=True)
-        .first()
-    )
+    the whole table for every email, which cost a scan of 1,000 rows each time).
+    `chunk`: the newest markers of the chunk's fingerprints, read for all its emails at once."""
+    known, newest_match = chunk.newest_marker(fingerprint_value) if chunk else (False, None)
+    if not known:
+        newest_match = (
+            ProcessedEmail.objects.filter(fingerprint=fingerprint_value)
+            .order_by("-id")
+            .values_list("id", flat=True)
+            .first()
+        )
     if newest_match is None:
         return False
     newer_or_same = ProcessedEmail.objects.filter(id__gte=newest_match).order_by("id")
@@ -64,6 +68,6 @@ def check(ctx: EmailContext) -> Verdict:
     )
     if ctx.record is not None or is_exempt(ctx):
         return CONTINUE
-    if seen_recently(ctx.fingerprint):
+    if seen_recently(ctx.fingerprint, ctx.chunk):
         return duplicate("same sender, subject and body as one of the last 1,000 emails")
     return CONTINUE

@@ -1,0 +1,107 @@
+"""Parsing the next chunk of emails in a second process while this one writes the current
+chunk to the database.
+
+Parsing (MIME, headers, HTML sanitising) is about a third of what importing an email costs
+and needs no database, so on a machine with two or more cores it runs beside the writes
+instead of before them. The second process is forked per pass and gets only raw bytes; it
+returns what `parse_email` made, or the traceback of what it raised (exceptions of any
+library may not survive pickling; the text is what the quarantine keeps anyway).
+
+Where a process cannot be started (a daemonic Celery pool child may not have children,
+a container that forbids fork), parsing happens in this process, as it always may.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import traceback
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from mailworker.inbound import InboundEmail
+from mailworker.parsing import parse_email
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """parse_email's result, or the traceback of what it raised (then the email is
+    quarantined with it)."""
+
+    email: InboundEmail | None
+    failure: str = ""
+
+
+def parse(raw: bytes) -> Parsed:
+    try:
+        return Parsed(parse_email(raw))
+    except Exception:  # the email is quarantined with this traceback, never dropped
+        return Parsed(None, traceback.format_exc(limit=8))
+
+
+def parse_all(raws: Sequence[bytes]) -> list[Parsed]:
+    return [parse(raw) for raw in raws]
+
+
+class _Done(Future):
+    """A result computed in this process, with the interface of the pool's futures."""
+
+    def __init__(self, value: list[Parsed]) -> None:
+        super().__init__()
+        self.set_result(value)
+
+
+class Parser:
+    """Submits chunks to the second process when there is one, else parses them here."""
+
+    def __init__(self, pool: ProcessPoolExecutor | None) -> None:
+        self.pool = pool
+
+    def submit(self, raws: list[bytes]) -> Future:
+        if self.pool is not None:
+            try:
+                return self.pool.submit(parse_all, raws)
+            except Exception:  # the process died or could not start: parse here from now on
+                logger.warning("parsing in a second process failed; parsing here", exc_info=True)
+                self.pool = None
+        return _Done(parse_all(raws))
+
+    def result(self, future: Future, raws: list[bytes]) -> list[Parsed]:
+        try:
+            return future.result()
+        except Exception:  # BrokenProcessPool (the child was killed), pickling: parse here
+            logger.warning("parsing in a second process failed; parsing here", exc_info=True)
+            self.pool = None
+            return parse_all(raws)
+
+
+def parse_processes() -> int:
+    configured = settings.INGEST_PARSE_PROCESSES
+    if configured is not None:
+        return configured
+    return 1 if (os.cpu_count() or 1) > 1 else 0
+
+
+@contextmanager
+def parser() -> Iterator[Parser]:
+    """A Parser for one pass: with a forked process when the machine has a core to spare."""
+    pool = None
+    if parse_processes() > 0:
+        try:
+            pool = ProcessPoolExecutor(
+                max_workers=parse_processes(), mp_context=multiprocessing.get_context("fork")
+            )
+        except Exception:
+            logger.info("cannot start a process to parse in; parsing here", exc_info=True)
+    try:
+        yield Parser(pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
