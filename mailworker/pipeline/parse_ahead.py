@@ -7,15 +7,21 @@ instead of before them. The second process is forked per pass and gets only raw 
 returns what `parse_email` made, or the traceback of what it raised (exceptions of any
 library may not survive pickling; the text is what the quarantine keeps anyway).
 
-Where a process cannot be started (a daemonic Celery pool child may not have children,
-a container that forbids fork), parsing happens in this process, as it always may.
+A Celery prefork pool child is "daemonic", and multiprocessing refuses children to
+those (they could be orphaned when their parent is killed). Our child lives only for one
+pass, is shut down when the pass ends, and dies with its parent (PR_SET_PDEATHSIG on
+Linux), so the refusal does not apply: the flag is lifted while the child is started.
+Where a process still cannot be started (a container that forbids fork), parsing happens in
+this process, as it always may.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 import traceback
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -58,6 +64,36 @@ class _Done(Future):
         self.set_result(value)
 
 
+def _die_with_parent() -> None:
+    """Runs in the child: the kernel kills it when the pass's process dies (Linux only)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the child ends with the pass as usual
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+@contextmanager
+def _children_allowed() -> Iterator[None]:
+    """Lift multiprocessing's "daemonic processes may not have children" while the parse
+    process starts (see the module docstring for why that is safe here)."""
+    config = multiprocessing.current_process()._config  # noqa: SLF001 - no public setter
+    daemon = config.get("daemon")
+    config["daemon"] = False
+    try:
+        yield
+    finally:
+        if daemon is not None:
+            config["daemon"] = daemon
+        else:
+            config.pop("daemon", None)
+
+
 class Parser:
     """Submits chunks to the second process when there is one, else parses them here."""
 
@@ -67,7 +103,8 @@ class Parser:
     def submit(self, raws: list[bytes]) -> Future:
         if self.pool is not None:
             try:
-                return self.pool.submit(parse_all, raws)
+                with _children_allowed():  # the pool starts its process on a submit
+                    return self.pool.submit(parse_all, raws)
             except Exception:  # the process died or could not start: parse here from now on
                 logger.warning("parsing in a second process failed; parsing here", exc_info=True)
                 self.pool = None
@@ -96,7 +133,9 @@ def parser() -> Iterator[Parser]:
     if parse_processes() > 0:
         try:
             pool = ProcessPoolExecutor(
-                max_workers=parse_processes(), mp_context=multiprocessing.get_context("fork")
+                max_workers=parse_processes(),
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_die_with_parent,
             )
         except Exception:
             logger.info("cannot start a process to parse in; parsing here", exc_info=True)
