@@ -54,16 +54,20 @@ def ingest_and_limit(bench) -> list[Row]:
     bench.dovecot.deliver(integration.incoming_username, raws)
     del raws
 
-    started = time.monotonic()
-    read = bare_read(
-        host=bench.dovecot.host,
-        port=bench.dovecot.imaps_port,
-        username=integration.incoming_username,
-        password=integration.incoming_password,
-        ca_pem=bench.dovecot.ca_pem,
-    )
-    bare_seconds = time.monotonic() - started
-    assert read == count, f"bare loop read {read} of {count}"
+    # Twice, keeping the faster: the first read of a new mailbox also makes Dovecot build
+    # its index and cache, which the import after it then finds ready.
+    bare_seconds = float("inf")
+    for _attempt in range(2):
+        started = time.monotonic()
+        read = bare_read(
+            host=bench.dovecot.host,
+            port=bench.dovecot.imaps_port,
+            username=integration.incoming_username,
+            password=integration.incoming_password,
+            ca_pem=bench.dovecot.ca_pem,
+        )
+        bare_seconds = min(bare_seconds, time.monotonic() - started)
+        assert read == count, f"bare loop read {read} of {count}"
 
     run = bench.fetchmail(integration)
     left = bench.dovecot.count(integration.incoming_username)
