@@ -50,15 +50,29 @@ def test_database_url() -> str:
 
 @pytest.fixture(scope="session")
 def broker_url(redis_url: str) -> Iterator[str]:
-    """A Redis database of this test run's own (other runs may share the server)."""
+    """A Redis database of this test run's own: other runs may share the server at the same
+    time, so a database is claimed with SET NX (expiring, in case a run dies) and emptied of
+    anything but the claim; a database another run claimed is never touched."""
     parts = urlsplit(redis_url)
-    database = random.Random(os.getpid()).randint(1, 15)
-    url = urlunsplit(parts._replace(path=f"/{database}"))
-    client = redis.Redis.from_url(url)
-    client.flushdb()
+    owner = f"{os.getpid()}-{time.time()}"
+    for database in random.Random(owner).sample(range(1, 16), 15):
+        url = urlunsplit(parts._replace(path=f"/{database}"))
+        client = redis.Redis.from_url(url)
+        if client.set(BROKER_CLAIM_KEY, owner, nx=True, ex=BROKER_CLAIM_SECONDS):
+            break
+        client.close()
+    else:
+        pytest.fail(f"every database of the Redis at {redis_url} is claimed by another test run")
+    stale = [key for key in client.scan_iter() if key != BROKER_CLAIM_KEY.encode()]
+    if stale:
+        client.delete(*stale)
     yield url
     client.flushdb()
     client.close()
+
+
+BROKER_CLAIM_KEY = "servicedesk-tests:claimed-by"
+BROKER_CLAIM_SECONDS = 3 * 3600
 
 
 @dataclass
