@@ -26,7 +26,7 @@ from integrations.models import EmailIntegration
 from integrations.services import addresses_read_by_incoming_integrations
 from mailworker.models import OutboxEmail
 from mailworker.outbound.compose import check_headers, compose, new_message_id
-from mailworker.outbound.smtp import Envelope, SmtpFailure, send_envelopes
+from mailworker.outbound.smtp import Envelope, SmtpFailure, SmtpSender
 from records.models import Direction, Message, ServiceRecord
 from records.services import add_message
 
@@ -349,52 +349,138 @@ def claim_due(*, limit: int) -> list[OutboxEmail]:
     return rows
 
 
-def _mark_sent(row: OutboxEmail, response: str) -> None:
+@dataclass(frozen=True)
+class _Failure:
+    row: OutboxEmail
+    error: str
+    temporary: bool
+
+
+@dataclass
+class SendReport:
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+
+
+def _record_results(
+    report: SendReport, *, sent: list[tuple[OutboxEmail, str]], failures: list[_Failure]
+) -> None:
+    """What became of a chunk, committed at once: a commit per email cost more than sending
+    it. A crash before this commit sends only this chunk again."""
     with transaction.atomic():
-        OutboxEmail.objects.filter(pk=row.pk).update(
-            state=State.SENT, sent_at=timezone.now(), smtp_response=response[:2000], last_error=""
+        _mark_sent(sent)
+        given_up = _mark_failed(failures)
+    report.sent += len(sent)
+    report.failed += given_up
+    report.retrying += len(failures) - given_up
+
+
+def _mark_sent(sent: list[tuple[OutboxEmail, str]]) -> None:
+    if not sent:
+        return
+    now = timezone.now()
+    rows = [row for row, _response in sent]
+    _log_outgoing([row for row in rows if row.record_id and row.log_message_id is None])
+    for row, response in sent:
+        row.state = State.SENT
+        row.sent_at = now
+        row.smtp_response = response[:2000]
+        row.last_error = ""
+    _update_rows(rows, ["state", "sent_at", "smtp_response", "last_error", "log_message"])
+
+
+def _log_outgoing(rows: list[OutboxEmail]) -> None:
+    """The sent emails' entries in their records' message logs; each record is touched once
+    (moved up the lists) rather than once an email."""
+    if not rows:
+        return
+    records = ServiceRecord.objects.in_bulk({row.record_id for row in rows})
+    for row in rows:
+        record = records.get(row.record_id)
+        if record is None:  # deleted since the email was claimed: no log to write to
+            continue
+        row.log_message = add_message(
+            record=record,
+            direction=Direction.OUTGOING,
+            from_address=row.sender_address,
+            subject=row.subject,
+            text_body=row.text_body,
+            to_addresses=row.to_addresses,
+            message_id=row.message_id,
+            in_reply_to=row.in_reply_to,
+            raw_size=len(row.raw_message),
+            integration=row.integration,
+            touch_record=False,
         )
-        if row.record_id and row.log_message_id is None:
-            log_message = add_message(
-                record=row.record,
-                direction=Direction.OUTGOING,
-                from_address=row.sender_address,
-                subject=row.subject,
-                text_body=row.text_body,
-                to_addresses=row.to_addresses,
-                message_id=row.message_id,
-                in_reply_to=row.in_reply_to,
-                raw_size=len(row.raw_message),
-                integration=row.integration,
-            )
-            OutboxEmail.objects.filter(pk=row.pk).update(log_message=log_message)
+    ServiceRecord.objects.filter(pk__in=list(records)).update(updated_at=timezone.now())
 
 
-def _mark_failed(row: OutboxEmail, error: str, *, temporary: bool) -> None:
-    attempts = row.attempts + 1
-    give_up = not temporary or attempts >= MAX_ATTEMPTS
-    logger.warning(
-        "outbox: email %s to %s %s after attempt %d: %s",
-        row.pk,
-        ", ".join(row.to_addresses),
-        "failed" if give_up else "will be retried",
-        attempts,
-        error,
+def _mark_failed(failures: list[_Failure]) -> int:
+    """Schedule a retry with back-off, or give up; returns how many were given up."""
+    now = timezone.now()
+    given_up = 0
+    for failure in failures:
+        row = failure.row
+        attempts = row.attempts + 1
+        give_up = not failure.temporary or attempts >= MAX_ATTEMPTS
+        logger.warning(
+            "outbox: email %s to %s %s after attempt %d: %s",
+            row.pk,
+            ", ".join(row.to_addresses),
+            "failed" if give_up else "will be retried",
+            attempts,
+            failure.error,
+        )
+        row.state = State.FAILED if give_up else State.PENDING
+        row.attempts = attempts
+        row.last_error = failure.error[:5000]
+        row.next_attempt_at = None if give_up else now + backoff(attempts)
+        given_up += give_up
+    _update_rows(
+        [failure.row for failure in failures],
+        ["state", "attempts", "last_error", "next_attempt_at"],
     )
-    OutboxEmail.objects.filter(pk=row.pk).update(
-        state=State.FAILED if give_up else State.PENDING,
-        attempts=attempts,
-        last_error=error[:5000],
-        next_attempt_at=None if give_up else timezone.now() + backoff(attempts),
-    )
+    return given_up
+
+
+def _update_rows(rows: list[OutboxEmail], fields: list[str]) -> None:
+    """Write these fields of each row, with one executemany for all. Django's bulk_update
+    builds a CASE expression per field and row, and cost more than the UPDATE per row it
+    was to replace: for 1,000 sent emails 0.5 s on SQLite and 0.75 s on PostgreSQL, against
+    0.01 s and 0.1 s this way."""
+    if not rows:
+        return
+    connection = transaction.get_connection()
+    quote = connection.ops.quote_name
+    meta = OutboxEmail._meta
+    columns = [meta.get_field(name) for name in fields]
+    assignments = ", ".join(f"{quote(column.column)} = %s" for column in columns)
+    # Only the model's own names, quoted, go into the text; every value is a parameter.
+    sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"  # noqa: S608
+    params = [
+        [column.get_db_prep_save(getattr(row, column.attname), connection) for column in columns]
+        + [row.pk]
+        for row in rows
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
 
 
 def composed_bytes(row: OutboxEmail) -> bytes:
     """The email's bytes: composed on the first attempt and stored, so that every retry
     sends exactly the same email."""
-    if not row.raw_message:
+    _compose_missing([row])
+    return bytes(row.raw_message)
+
+
+def _compose_missing(rows: list[OutboxEmail]) -> None:
+    """Compose the emails that have no bytes yet (first attempts) and store them with one
+    UPDATE, before any of them is sent: a retry must send the very same bytes."""
+    missing = [row for row in rows if not row.raw_message]
+    for row in missing:
         assert row.integration is not None
-        composed = compose(
+        row.raw_message = compose(
             integration=row.integration,
             to=row.to_addresses,
             subject=row.subject,
@@ -405,82 +491,104 @@ def composed_bytes(row: OutboxEmail) -> bytes:
             automatic=row.is_automatic,
             attached_email=bytes(row.attached_email),
             message_id=row.message_id,
-        )
-        row.raw_message = composed.raw
-        OutboxEmail.objects.filter(pk=row.pk).update(raw_message=composed.raw)
-    return bytes(row.raw_message)
+        ).raw
+    _update_rows(missing, ["raw_message"])
 
 
-@dataclass
-class SendReport:
-    sent: int = 0
-    retrying: int = 0
-    failed: int = 0
+def _by_integration(
+    rows: list[OutboxEmail],
+) -> list[tuple[EmailIntegration | None, list[OutboxEmail]]]:
+    """The rows grouped by the integration that sends them, which is read (and its secrets
+    decrypted) once a group rather than once a row."""
+    groups: dict[int | None, list[OutboxEmail]] = {}
+    for row in rows:
+        groups.setdefault(row.integration_id, []).append(row)
+    grouped = []
+    for group in groups.values():
+        integration = group[0].integration
+        for row in group:
+            row.integration = integration
+        grouped.append((integration, group))
+    return grouped
 
 
-def send_rows(rows: list[OutboxEmail], report: SendReport) -> None:
+class _Senders:
+    """One SMTP session per integration for a whole drain of the outbox, closed (QUIT) at
+    its end: a connection, TLS handshake and login per chunk cost a quarter of sending."""
+
+    def __init__(self) -> None:
+        self._senders: dict[int, SmtpSender] = {}
+
+    def __enter__(self) -> _Senders:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sender in self._senders.values():
+            sender.close()
+
+    def sender(self, integration: EmailIntegration) -> SmtpSender:
+        if integration.pk not in self._senders:
+            self._senders[integration.pk] = SmtpSender(integration)
+        return self._senders[integration.pk]
+
+
+def send_rows(rows: list[OutboxEmail], report: SendReport, senders: _Senders) -> None:
     from mailworker.health import note_failure, note_success  # health queues via this module
 
-    by_integration: dict[int, list[OutboxEmail]] = {}
-    for row in rows:
-        by_integration.setdefault(row.integration_id, []).append(row)
-    for group in by_integration.values():
-        integration = group[0].integration
+    for integration, group in _by_integration(rows):
         if integration is None or not integration.outgoing_enabled:
-            for row in group:
-                _mark_failed(
-                    row,
-                    "its integration no longer sends email (Outgoing Emails is off or it was "
-                    "deleted)",
-                    temporary=False,
-                )
-                report.failed += 1
+            error = (
+                "its integration no longer sends email (Outgoing Emails is off or it was deleted)"
+            )
+            failures = [_Failure(row, error, temporary=False) for row in group]
+            _record_results(report, sent=[], failures=failures)
             continue
         for start in range(0, len(group), SEND_CHUNK):
             chunk = group[start : start + SEND_CHUNK]
+            _compose_missing(chunk)
             envelopes = [
                 Envelope(
                     sender=row.sender_address,
                     recipients=row.to_addresses,
-                    message=composed_bytes(row),
+                    message=bytes(row.raw_message),
                 )
                 for row in chunk
             ]
             try:
-                deliveries = send_envelopes(integration, envelopes)
+                deliveries = senders.sender(integration).send(envelopes)
             except SmtpFailure as failure:
                 note_failure(
                     integration=integration, direction="send email", error=failure.problem.message
                 )
-                for row in chunk:
-                    # The session failed (server down, password changed): retry with back-off,
-                    # since an admin's fix makes the same email go out.
-                    _mark_failed(row, failure.problem.message, temporary=True)
-                    report.retrying += 1
+                # The session failed (server down, password changed): retry with back-off,
+                # since an admin's fix makes the same email go out.
+                failures = [_Failure(row, failure.problem.message, temporary=True) for row in chunk]
+                _record_results(report, sent=[], failures=failures)
                 continue
             note_success(integration=integration)
+            sent, failures = [], []
             for row, delivery in zip(chunk, deliveries, strict=True):
                 if delivery.accepted:
-                    _mark_sent(row, delivery.response)
-                    report.sent += 1
+                    sent.append((row, delivery.response))
                 else:
                     problem = delivery.problem
-                    temporary = problem.temporary if problem else True
-                    _mark_failed(
-                        row, problem.message if problem else "not accepted", temporary=temporary
+                    failures.append(
+                        _Failure(
+                            row,
+                            problem.message if problem else "not accepted",
+                            temporary=problem.temporary if problem else True,
+                        )
                     )
-                    if temporary and row.attempts + 1 < MAX_ATTEMPTS:
-                        report.retrying += 1
-                    else:
-                        report.failed += 1
+            _record_results(report, sent=sent, failures=failures)
 
 
 def send_due(*, batch: int = 200, max_rounds: int = 50) -> SendReport:
     """Send everything due now, batch by batch."""
     report = SendReport()
-    for _round in range(max_rounds):
-        rows = claim_due(limit=batch)
-        if not rows:
-            break
-        send_rows(rows, report)
+    with _Senders() as senders:
+        for _round in range(max_rounds):
+            rows = claim_due(limit=batch)
+            if not rows:
+                break
+            send_rows(rows, report, senders)
     return report

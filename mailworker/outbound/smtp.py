@@ -5,11 +5,12 @@ every envelope over it, and answers with one `Delivery` per envelope. Only a ses
 cannot be opened at all (connection refused, TLS, certificate, AUTH) raises `SmtpFailure`;
 what goes wrong with one message (sender or recipients refused, DATA refused, the connection
 lost halfway) is that message's `Delivery`, so the rest of the batch still goes out and the
-outbox records an answer for every row.
+outbox records an answer for every row. `SmtpSender` keeps one session open over several
+batches, for a caller that records each batch's outcome before sending the next.
 
 aiosmtplib is asynchronous; the desk's callers (Celery tasks, management commands, views) are
-not, so each call runs its own event loop with `asyncio.run`. It therefore cannot be called
-from a thread that already runs an event loop: call it from a worker thread there.
+not, so each sender runs its own event loop (`asyncio.Runner`). It therefore cannot be used
+from a thread that already runs an event loop: use it from a worker thread there.
 """
 
 from __future__ import annotations
@@ -84,21 +85,88 @@ def send_envelopes(
     """Send the envelopes over one SMTP session of the integration; one Delivery each, in order.
 
     Raises SmtpFailure only when the session cannot be established. Runs its own event loop:
-    it cannot be called from inside a running one (asyncio.run refuses).
+    it cannot be called from inside a running one.
     """
     if not envelopes:
         return []
-    if not uses_xoauth2(integration):
-        return asyncio.run(_send_batch(integration, list(envelopes), timeout=timeout))
-    # The token comes from the database, which cannot be used inside the event loop: get it
-    # first. A cached token the server refuses (revoked early) is refreshed once.
-    token = _access_token(integration)
-    try:
-        return asyncio.run(_send_batch(integration, list(envelopes), timeout=timeout, token=token))
-    except TokenRefused:
-        expire_access_token(integration, token)
-        token = _access_token(integration)
-        return asyncio.run(_send_batch(integration, list(envelopes), timeout=timeout, token=token))
+    with SmtpSender(integration, timeout=timeout) as sender:
+        return sender.send(envelopes)
+
+
+class SmtpSender:
+    """Batches of envelopes over one SMTP session, kept open between batches so that the
+    connection, TLS handshake and login are paid once, while the caller records what became
+    of each batch before it sends the next. A batch that lost the connection makes the next
+    one connect again. A context manager: the session ends (QUIT) when it exits."""
+
+    def __init__(
+        self, integration: EmailIntegration, *, timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> None:
+        self.integration = integration
+        self.timeout = timeout
+        self._runner = asyncio.Runner()
+        self._session: _Session | None = None
+        self._client: aiosmtplib.SMTP | None = None
+
+    def __enter__(self) -> SmtpSender:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the session (QUIT) and the event loop."""
+        try:
+            if self._client is not None:
+                self._runner.run(_quit(self._client))
+                self._client = None
+        finally:
+            self._runner.close()
+
+    def send(self, envelopes: Sequence[Envelope]) -> list[Delivery]:
+        """One Delivery per envelope, in order. Raises SmtpFailure when no session can be
+        opened (nothing of the batch was sent)."""
+        if not envelopes:
+            return []
+        if self._client is None or not self._runner.run(_still_answers(self._client)):
+            self._connect()
+        deliveries, closed_at = self._send_batch(list(envelopes))
+        if closed_at is None:
+            return deliveries
+        # The server refused an email and ended the session (421: enough messages for one
+        # connection, or going down): that email and the rest go over a new session, once.
+        # A session kept over batches meets such a limit where a session per batch did not.
+        try:
+            self._connect()
+        except SmtpFailure:
+            return deliveries
+        rest, _closed_again = self._send_batch(list(envelopes[closed_at:]))
+        return deliveries[:closed_at] + rest
+
+    def _send_batch(self, envelopes: list[Envelope]) -> tuple[list[Delivery], int | None]:
+        assert self._session is not None and self._client is not None
+        return self._runner.run(_send_batch(self._session, self._client, envelopes))
+
+    def _connect(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if not uses_xoauth2(self.integration):
+            self._open(token=None)
+            return
+        # The token comes from the database, which cannot be used inside the event loop: get
+        # it first. A cached token the server refuses (revoked early) is refreshed once.
+        token = _access_token(self.integration)
+        try:
+            self._open(token=token)
+        except TokenRefused:
+            expire_access_token(self.integration, token)
+            self._open(token=_access_token(self.integration))
+
+    def _open(self, *, token: str | None) -> None:
+        session = _Session(self.integration, timeout=self.timeout, token=token)
+        self._client = self._runner.run(session.open())
+        self._session = session
 
 
 def uses_xoauth2(integration: EmailIntegration) -> bool:
@@ -350,40 +418,40 @@ class _Session:
 
 
 async def _send_batch(
-    integration: EmailIntegration,
-    envelopes: list[Envelope],
-    *,
-    timeout: float,
-    token: str | None = None,
-) -> list[Delivery]:
-    session = _Session(integration, timeout=timeout, token=token)
-    client = await session.open()
+    session: _Session, client: aiosmtplib.SMTP, envelopes: list[Envelope]
+) -> tuple[list[Delivery], int | None]:
+    """One Delivery per envelope, and the index of the envelope the server refused as it
+    closed the session (None when it did not)."""
     deliveries: list[Delivery] = []
-    try:
-        for envelope in envelopes:
-            if not client.is_connected:
-                break
-            try:
-                deliveries.append(await _deliver(client, envelope))
-            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
-                # Lost halfway: this message and the rest wait for the next attempt. Whether
-                # a message cut off during DATA arrived is unknowable; retrying may repeat it.
-                problem = _lost(session, exc)
-                deliveries.append(_not_sent(problem))
-                # A timed-out connection may still look open: do not wait for a QUIT too.
-                client.close()
-                break
-        if len(deliveries) < len(envelopes):
-            problem = SmtpProblem(
-                kind="connection",
-                field="smtp_host",
-                message=f"The connection to {session.where} was lost before this email was sent.",
-                temporary=True,
-            )
-            deliveries.extend(_not_sent(problem) for _ in envelopes[len(deliveries) :])
-    finally:
-        await _quit(client)
-    return deliveries
+    closed_at = None
+    for envelope in envelopes:
+        if not client.is_connected:
+            break
+        try:
+            delivery = await _deliver(client, envelope)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError) as exc:
+            # Lost halfway: this message and the rest wait for the next attempt. Whether
+            # a message cut off during DATA arrived is unknowable; retrying may repeat it.
+            problem = _lost(session, exc)
+            deliveries.append(_not_sent(problem))
+            # A timed-out connection may still look open: do not wait for a QUIT too.
+            client.close()
+            break
+        deliveries.append(delivery)
+        if not delivery.accepted and not client.is_connected:
+            # Refused with an answer that ended the session (aiosmtplib closes on 421, "too
+            # many messages", "shutting down"): the server said no, so it may go again.
+            closed_at = len(deliveries) - 1
+            break
+    if len(deliveries) < len(envelopes):
+        problem = SmtpProblem(
+            kind="connection",
+            field="smtp_host",
+            message=f"The connection to {session.where} was lost before this email was sent.",
+            temporary=True,
+        )
+        deliveries.extend(_not_sent(problem) for _ in envelopes[len(deliveries) :])
+    return deliveries, closed_at
 
 
 async def _deliver(client: aiosmtplib.SMTP, envelope: Envelope) -> Delivery:
@@ -459,6 +527,20 @@ async def _deliver(client: aiosmtplib.SMTP, envelope: Envelope) -> Delivery:
         response=_data_answer(response),
         refused={address: _answer(answer) for address, answer in refused.items()},
     )
+
+
+async def _still_answers(client: aiosmtplib.SMTP) -> bool:
+    """Whether a session kept from the previous batch can take the next one: a server may
+    have closed it meanwhile (idle, or enough messages for one connection). A NOOP costs a
+    round trip; a batch sent into a closed session would wait for its retry."""
+    if not client.is_connected:
+        return False
+    try:
+        await client.noop()
+    except (aiosmtplib.SMTPException, OSError):
+        client.close()
+        return False
+    return True
 
 
 async def _quit(client: aiosmtplib.SMTP) -> None:
