@@ -154,6 +154,16 @@ def drain_mailbox(
             for chunk in fetched_chunks(mailbox.fetch(limit=batch_size)):
                 fetched += len(chunk)
                 anything_new = anything_new or any(message.uid not in seen for message in chunk)
+                if sum(len(message.raw) for message in chunk) >= PARSE_AHEAD_MAX_BYTES:
+                    # Large emails: one chunk at a time, parsed here. Parsing ahead would hold
+                    # a second copy of each (sent to the other process and back), and their
+                    # time goes to decoding, not to writes it could overlap with.
+                    if waiting is not None:
+                        write(waiting[0], parser.result(waiting[1], [m.raw for m in waiting[0]]))
+                        waiting = None
+                    write(chunk, parse_ahead.parse_all([message.raw for message in chunk]))
+                    del chunk
+                    continue
                 parsing = parser.submit([message.raw for message in chunk])
                 if waiting is not None:
                     write(waiting[0], parser.result(waiting[1], [m.raw for m in waiting[0]]))
@@ -170,6 +180,8 @@ def drain_mailbox(
 
 
 CHUNK_MAX_BYTES = 16 * 1024 * 1024
+# A chunk this large is parsed in the pass's own process, without looking ahead.
+PARSE_AHEAD_MAX_BYTES = 4 * 1024 * 1024
 
 
 def fetched_chunks(
