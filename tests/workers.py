@@ -88,6 +88,8 @@ class ManagedProcess:
     starts: int = 0
 
     def start(self) -> None:
+        if self.running:  # never lose the handle of a live process: it would outlive the run
+            self.kill()
         self.starts += 1
         with self.log_path.open("ab") as log:
             log.write(f"\n--- start {self.starts}\n".encode())
