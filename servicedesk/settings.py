@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from servicedesk.configuration import (
     broker_settings,
@@ -161,6 +162,12 @@ POLL_MAX_DELAY_SECONDS = env.int("POLL_MAX_DELAY_SECONDS", default=300)
 # Processes that parse the next chunk of emails while a pass writes the current one: unset
 # means one on a machine with two or more cores; 0 parses in the pass's own process.
 INGEST_PARSE_PROCESSES = env.int("INGEST_PARSE_PROCESSES", default=None)
+if INGEST_PARSE_PROCESSES is not None and INGEST_PARSE_PROCESSES < 0:
+    raise ImproperlyConfigured(
+        f"INGEST_PARSE_PROCESSES={INGEST_PARSE_PROCESSES}: use 0 to parse in the pass's own "
+        "process, 1 for a second process, or leave it unset (1 on machines with two or more "
+        "cores)."
+    )
 # IMAP IDLE (manage.py mailidle): IDLE is re-issued after this long (RFC 2177: servers may
 # drop an IDLE after 30 minutes), and the integrations are re-read this often.
 IDLE_REISSUE_SECONDS = env.int("IDLE_REISSUE_SECONDS", default=25 * 60)

@@ -138,3 +138,9 @@ def test_broker_defaults_to_the_filesystem_transport(tmp_path: Path) -> None:
     redis = broker_settings("redis://127.0.0.1:6379/0", data_dir=tmp_path)
     assert redis.url == "redis://127.0.0.1:6379/0"
     assert redis.transport_options["visibility_timeout"] >= 3600
+
+
+def test_a_negative_number_of_parse_processes_is_refused(tmp_path: Path) -> None:
+    result = start_django({"INGEST_PARSE_PROCESSES": "-1"}, tmp_path)
+    assert result.returncode != 0
+    assert "INGEST_PARSE_PROCESSES=-1: use 0 to parse in the pass's own process" in result.stderr
