@@ -69,6 +69,29 @@ def test_a_worker_runs_a_queued_pass(
     assert "status=ok fetched=3 created=3" in worker.output()
 
 
+def test_a_prefork_pool_child_parses_ahead_in_a_process_of_its_own(
+    workers: Workers, dovecot: Dovecot, dovecot_integration: Callable[..., EmailIntegration]
+) -> None:
+    """Celery's pool children are daemonic, and multiprocessing refuses them children: the
+    pass still parses the next chunk in a second process there, and imports everything."""
+    integration = dovecot_integration()
+    dovecot.deliver(integration.incoming_username, numbered_emails(250, "Prefork"))
+    worker = workers.celery_worker(prefork=True)
+    worker.start()
+    workers.send(POLL, integration.pk)
+    wait_until(
+        lambda: dovecot.count(integration.incoming_username) == 0,
+        timeout=120,
+        message=f"the worker did not empty the mailbox:\n{worker.output()[-3000:]}",
+    )
+    wait_until(lambda: ProcessedEmail.objects.count() == 250, timeout=60)
+    worker.stop()
+    assert_each_email_imported_once("Prefork", 250)
+    output = worker.output()
+    assert "status=ok fetched=250 created=250" in output, output[-3000:]
+    assert "parsing here" not in output, output[-3000:]
+
+
 def test_the_lock_keeps_a_second_pass_out_and_dies_with_its_holder(
     workers: Workers, dovecot: Dovecot, dovecot_integration: Callable[..., EmailIntegration]
 ) -> None:

@@ -176,8 +176,12 @@ class Workers:
         env.update(extra)
         return env
 
-    def celery_worker(self, name: str = "worker", **extra_env: str) -> ManagedProcess:
-        """A Celery worker with one process: it runs one task at a time."""
+    def celery_worker(
+        self, name: str = "worker", *, prefork: bool = False, **extra_env: str
+    ) -> ManagedProcess:
+        """A Celery worker that runs one task at a time: in its own process (solo), or with
+        `prefork` in one pool child, as `make run` and docker-compose run workers."""
+        pool = ["--pool=prefork", "--concurrency=1"] if prefork else ["--pool=solo"]
         return self._managed(
             name,
             [
@@ -187,7 +191,7 @@ class Workers:
                 "-A",
                 "servicedesk",
                 "worker",
-                "--pool=solo",
+                *pool,
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
