@@ -65,8 +65,13 @@ def test_a_worker_runs_a_queued_pass(
         message=f"the worker did not empty the mailbox:\n{worker.output()[-3000:]}",
     )
     assert_each_email_imported_once("Queued", 3)
+    # The pass logs its line when it has finished (after the acks and the logout).
+    wait_until(
+        lambda: "status=ok fetched=3 created=3" in worker.output(),
+        timeout=30,
+        message=f"no pass line in the worker's log:\n{worker.output()[-3000:]}",
+    )
     assert "mail pass integration_id=" in worker.output()
-    assert "status=ok fetched=3 created=3" in worker.output()
 
 
 def test_a_prefork_pool_child_parses_ahead_in_a_process_of_its_own(
