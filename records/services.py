@@ -24,10 +24,7 @@ UNSET = object()  # "not given", where None is a meaningful value (no assigned a
 
 
 def find_user_by_email(*, email: str) -> User | None:
-    email = email.strip()
-    if not email:
-        return None
-    return get_user_model().objects.filter(email__iexact=email).first()
+    return find_users_by_email(emails=[email]).get(email.strip().lower())
 
 
 def _free_username(email: str) -> str:

@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import connection
 
 from integrations.models import EmailIntegration
 from integrations.services import Secrets, save_integration
+from mailworker.models import NotificationSettings
 
 pytest_plugins = [
     "tests.browser",
@@ -78,6 +80,17 @@ def _default_statuses(request: pytest.FixtureRequest) -> None:
     ensure_default_statuses()
 
 
+def stored_column(integration: EmailIntegration, column: str) -> str:
+    """A column as the database holds it, past the field that decrypts it."""
+    table = connection.ops.quote_name(EmailIntegration._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {connection.ops.quote_name(column)} FROM {table} WHERE id = %s",  # noqa: S608
+            [integration.pk],
+        )
+        return cursor.fetchone()[0]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -96,6 +109,21 @@ def wait_for_port(port: int, *, timeout: float = 10.0) -> None:
 
 
 # People ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def quiet(db: Any) -> None:
+    """Only the emails a test queues itself: no automatic notifications."""
+    NotificationSettings.objects.update_or_create(
+        pk=1,
+        defaults={
+            "end_user_on_created": False,
+            "admins_on_created": False,
+            "admins_on_updated": False,
+            "end_user_on_details_changed": False,
+            "admins_on_details_changed": False,
+        },
+    )
 
 
 @pytest.fixture

@@ -6,11 +6,10 @@ import re
 from collections.abc import Callable
 
 import pytest
-from django.db import connection
 from playwright.sync_api import Locator, Page, expect
 
 from integrations.models import EmailIntegration
-from tests.conftest import ADMIN_PASSWORD, incoming_imap
+from tests.conftest import ADMIN_PASSWORD, incoming_imap, stored_column
 
 pytestmark = pytest.mark.browser
 
@@ -21,17 +20,6 @@ SCREENSHOT = "/tmp/settings-email-form.png"
 
 def row(page: Page, name: str) -> Locator:
     return page.locator(f'table#integrations tr[data-integration="{name}"]')
-
-
-def stored_column(integration: EmailIntegration, column: str) -> str:
-    """A column as the database holds it, past the field that decrypts it."""
-    table = connection.ops.quote_name(EmailIntegration._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {connection.ops.quote_name(column)} FROM {table} WHERE id = %s",  # noqa: S608
-            [integration.pk],
-        )
-        return cursor.fetchone()[0]
 
 
 def apply(page: Page) -> None:

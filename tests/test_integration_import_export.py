@@ -16,13 +16,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 
 from integrations.models import EmailIntegration
 from integrations.serialization import FIELDS, NOT_EXPORTED
 from integrations.services import Secrets, delete_integration, save_integration
 from records.models import Status
-from tests.conftest import incoming_imap
+from tests.conftest import incoming_imap, stored_column
 
 MODEL_FIELDS = [f.name for f in EmailIntegration._meta.concrete_fields] + [
     f.name for f in EmailIntegration._meta.many_to_many
@@ -81,17 +80,6 @@ def snapshot(integration: EmailIntegration) -> dict[str, Any]:
         else:
             values[name] = getattr(integration, name)
     return values
-
-
-def stored_column(integration: EmailIntegration, column: str) -> str:
-    """The raw database value, past the field's decryption."""
-    table = connection.ops.quote_name(EmailIntegration._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {connection.ops.quote_name(column)} FROM {table} WHERE id = %s",  # noqa: S608
-            [integration.pk],
-        )
-        return cursor.fetchone()[0]
 
 
 def self_signed_pem() -> str:

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
@@ -29,6 +28,7 @@ from mailworker.mailboxes.oauth import access_token_for
 from mailworker.models import OutboxEmail
 from mailworker.scheduling import due_integration_ids
 from records.models import ServiceRecord
+from tests.conftest import stored_column
 from tests.mail import make_email
 from tests.oauth_helpers import (
     connect_with_test_client,
@@ -80,16 +80,6 @@ def fetchmail(integration: EmailIntegration) -> str:
     out = io.StringIO()
     call_command("fetchmail", "--integration", integration.name, stdout=out)
     return out.getvalue()
-
-
-def stored_column(integration: EmailIntegration, column: str) -> str:
-    table = connection.ops.quote_name(EmailIntegration._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {connection.ops.quote_name(column)} FROM {table} WHERE id = %s",  # noqa: S608
-            [integration.pk],
-        )
-        return cursor.fetchone()[0]
 
 
 def let_the_access_token_expire(integration: EmailIntegration, server: OAuthServer) -> None:

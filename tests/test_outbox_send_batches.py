@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from integrations.models import EmailIntegration
-from mailworker.models import NotificationSettings, OutboxEmail
+from mailworker.models import OutboxEmail
 from mailworker.outbound import outbox
 from mailworker.outbound.compose import HeaderInjectionError, compose
 from mailworker.outbound.outbox import SEND_CHUNK, queue_email, send_due
@@ -23,21 +23,6 @@ from tests.smtpd import _Handler
 
 pytestmark = pytest.mark.django_db
 State = OutboxEmail.State
-
-
-@pytest.fixture
-def quiet(db) -> None:
-    """Only the emails a test queues: no automatic notifications."""
-    NotificationSettings.objects.update_or_create(
-        pk=1,
-        defaults={
-            "end_user_on_created": False,
-            "admins_on_created": False,
-            "admins_on_updated": False,
-            "end_user_on_details_changed": False,
-            "admins_on_details_changed": False,
-        },
-    )
 
 
 def a_record() -> ServiceRecord:

@@ -30,21 +30,6 @@ pytestmark = pytest.mark.django_db
 State = OutboxEmail.State
 
 
-@pytest.fixture
-def quiet(db):
-    """Only the emails a test asks for: no automatic notifications."""
-    NotificationSettings.objects.update_or_create(
-        pk=1,
-        defaults={
-            "end_user_on_created": False,
-            "admins_on_created": False,
-            "admins_on_updated": False,
-            "end_user_on_details_changed": False,
-            "admins_on_details_changed": False,
-        },
-    )
-
-
 def parsed(raw: bytes) -> email.message.EmailMessage:
     return email.message_from_bytes(raw, policy=default_policy)
 

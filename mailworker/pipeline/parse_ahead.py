@@ -56,12 +56,19 @@ def parse_all(raws: Sequence[bytes]) -> list[Parsed]:
     return [parse(raw) for raw in raws]
 
 
-class _Done(Future):
-    """A result computed in this process, with the interface of the pool's futures."""
+@dataclass(frozen=True)
+class Parsing:
+    """A chunk handed to the parser: its bytes, and the parse under way (or done here)."""
 
-    def __init__(self, value: list[Parsed]) -> None:
-        super().__init__()
-        self.set_result(value)
+    raws: list[bytes]
+    future: Future
+
+
+def _done(value: list[Parsed]) -> Future:
+    """A result computed in this process, with the interface of the pool's futures."""
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def _die_with_parent() -> None:
@@ -100,23 +107,23 @@ class Parser:
     def __init__(self, pool: ProcessPoolExecutor | None) -> None:
         self.pool = pool
 
-    def submit(self, raws: list[bytes]) -> Future:
+    def submit(self, raws: list[bytes]) -> Parsing:
         if self.pool is not None:
             try:
                 with _children_allowed():  # the pool starts its process on a submit
-                    return self.pool.submit(parse_all, raws)
+                    return Parsing(raws, self.pool.submit(parse_all, raws))
             except Exception:  # the process died or could not start: parse here from now on
                 logger.warning("parsing in a second process failed; parsing here", exc_info=True)
                 self.pool = None
-        return _Done(parse_all(raws))
+        return Parsing(raws, _done(parse_all(raws)))
 
-    def result(self, future: Future, raws: list[bytes]) -> list[Parsed]:
+    def result(self, parsing: Parsing) -> list[Parsed]:
         try:
-            return future.result()
+            return parsing.future.result()
         except Exception:  # BrokenProcessPool (the child was killed), pickling: parse here
             logger.warning("parsing in a second process failed; parsing here", exc_info=True)
             self.pool = None
-            return parse_all(raws)
+            return parse_all(parsing.raws)
 
 
 def parse_processes() -> int:

@@ -12,7 +12,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -26,7 +25,7 @@ from mailworker.mailboxes.base import DEFAULT_BATCH_SIZE, FetchedMessage, Mailbo
 from mailworker.mailboxes.factory import open_mailbox
 from mailworker.pipeline import parse_ahead, process
 from mailworker.pipeline.lookups import load_pass_lookups
-from mailworker.pipeline.parse_ahead import Parsed
+from mailworker.pipeline.parse_ahead import Parsed, Parsing
 from mailworker.pipeline.process import (
     ALREADY_PROCESSED,
     ProcessResult,
@@ -150,28 +149,29 @@ def drain_mailbox(
         while True:
             fetched = 0
             anything_new = False
-            waiting: tuple[list[FetchedMessage], Future] | None = None
+            waiting: tuple[list[FetchedMessage], Parsing] | None = None
             for chunk in fetched_chunks(mailbox.fetch(limit=batch_size)):
                 fetched += len(chunk)
                 anything_new = anything_new or any(message.uid not in seen for message in chunk)
-                if sum(len(message.raw) for message in chunk) >= PARSE_AHEAD_MAX_BYTES:
+                raws = [message.raw for message in chunk]
+                if sum(map(len, raws)) >= PARSE_AHEAD_MAX_BYTES:
                     # Large emails: one chunk at a time, parsed here. Parsing ahead would hold
                     # a second copy of each (sent to the other process and back), and their
                     # time goes to decoding, not to writes it could overlap with.
                     if waiting is not None:
-                        write(waiting[0], parser.result(waiting[1], [m.raw for m in waiting[0]]))
+                        write(waiting[0], parser.result(waiting[1]))
                         waiting = None
-                    write(chunk, parse_ahead.parse_all([message.raw for message in chunk]))
-                    del chunk
-                    continue
-                parsing = parser.submit([message.raw for message in chunk])
-                if waiting is not None:
-                    write(waiting[0], parser.result(waiting[1], [m.raw for m in waiting[0]]))
-                waiting = (chunk, parsing)
+                    write(chunk, parse_ahead.parse_all(raws))
+                else:
+                    parsing = parser.submit(raws)
+                    if waiting is not None:
+                        write(waiting[0], parser.result(waiting[1]))
+                    waiting = (chunk, parsing)
+                    del parsing
                 # Let this chunk's bytes go once it is written, before the next is fetched.
-                del chunk, parsing
+                del chunk, raws
             if waiting is not None:
-                write(waiting[0], parser.result(waiting[1], [m.raw for m in waiting[0]]))
+                write(waiting[0], parser.result(waiting[1]))
                 waiting = None
             if not fetched or not anything_new or fetched < batch_size:
                 # Empty, or the server keeps returning what we acked (stop rather than spin),
