@@ -9,7 +9,12 @@ from typing import Any
 from django import forms
 from django.contrib.auth import get_user_model
 
-from integrations.models import EmailIntegration, OAuthAccess
+from integrations.models import (
+    DmarcFailurePolicy,
+    EmailIntegration,
+    OAuthAccess,
+    StrangerPolicy,
+)
 from integrations.services import SECRET_FIELDS, Secrets
 from records.models import Status
 
@@ -64,6 +69,13 @@ class EmailIntegrationForm(forms.ModelForm):
         required=False,
         label="Accept only emails from",
         help_text="Addresses and domains. Empty: accept every sender.",
+    )
+    trusted_authserv_ids = SenderListField(
+        required=False,
+        label="Trust Authentication-Results from",
+        help_text="The authserv-id your receiving mail server writes in its "
+        "Authentication-Results header, one per line (e.g. mx.example.com). Any other such "
+        "header is the sender's own words and is ignored. Empty: senders are not verified.",
     )
     duplicate_exempt_senders = SenderListField(
         required=False,
@@ -128,6 +140,9 @@ class EmailIntegrationForm(forms.ModelForm):
             "duplicate_exempt_senders",
             "copy_incoming_to",
             "remove_emojis",
+            "stranger_policy",
+            "trusted_authserv_ids",
+            "dmarc_failure_policy",
             "outgoing_enabled",
             "outgoing_protocol",
             "email_address",
@@ -151,6 +166,9 @@ class EmailIntegrationForm(forms.ModelForm):
         self.fields["change_status_to"].empty_label = "Do not change"
         # Only OAuth 2.0 integrations show it; others (and older clients) may leave it out.
         self.fields["oauth_access"].required = False
+        # Policies with a safe default: a client that leaves them out gets the default.
+        for name in ("stranger_policy", "dmarc_failure_policy"):
+            self.fields[name].required = False
         if self.instance.pk:
             self.initial["unless_status_in"] = list(self.instance.unless_status_in.all())
             self.initial["forward_ignored_to"] = list(self.instance.forward_ignored_to.all())
@@ -162,6 +180,12 @@ class EmailIntegrationForm(forms.ModelForm):
 
     def clean_oauth_access(self) -> str:
         return self.cleaned_data.get("oauth_access") or OAuthAccess.DELEGATED
+
+    def clean_stranger_policy(self) -> str:
+        return self.cleaned_data.get("stranger_policy") or StrangerPolicy.NEW_RECORD
+
+    def clean_dmarc_failure_policy(self) -> str:
+        return self.cleaned_data.get("dmarc_failure_policy") or DmarcFailurePolicy.MARK
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

@@ -48,6 +48,26 @@ class OAuthAccess(models.TextChoices):
     APP_ONLY = "app", "App-only (Microsoft: client credentials; Google: service account)"
 
 
+class StrangerPolicy(models.TextChoices):
+    """What an email naming "#N" does when its sender is not on record N (not its requester,
+    not an address its emails came from or went to, not staff)."""
+
+    NEW_RECORD = "new_record", "Open a new record (the record stays untouched)"
+    INTERNAL_NOTE = (
+        "internal_note",
+        "Add it to the record as an internal note (no status change, no email)",
+    )
+    QUARANTINE = "quarantine", "Hold it in quarantine"
+
+
+class DmarcFailurePolicy(models.TextChoices):
+    """What an email whose sender failed DMARC (as the trusted receiving server says) does."""
+
+    ACCEPT = "accept", "Accept"
+    MARK = "mark", "Accept and show “sender not verified” on the record"
+    QUARANTINE = "quarantine", "Hold it in quarantine"
+
+
 class OutgoingProtocol(models.TextChoices):
     SMTP = "smtp", "SMTP"
 
@@ -202,6 +222,32 @@ class EmailIntegration(models.Model):
         "send a copy of incoming emails to", blank=True, help_text="Enterprise edition."
     )
     remove_emojis = models.BooleanField("remove emojis from subject and body", default=True)
+
+    # Incoming emails: trust (who may write into a record; see README's Security model)
+    stranger_policy = models.CharField(
+        "“#N” from someone who is not on record N",
+        max_length=20,
+        choices=StrangerPolicy.choices,
+        default=StrangerPolicy.NEW_RECORD,
+        help_text="Anyone can type a record number. Someone who is not the requester, not an "
+        "address the record's emails came from or went to, and not staff never writes into "
+        "the record's conversation; nothing they wrote is emailed to the requester.",
+    )
+    trusted_authserv_ids = models.JSONField(
+        "trust Authentication-Results from",
+        default=list,
+        blank=True,
+        help_text="The authserv-id your receiving mail server writes in its "
+        "Authentication-Results header (RFC 8601), e.g. mx.example.com. Any other such header "
+        "is the sender's own words and is ignored. Empty: senders are not verified.",
+    )
+    dmarc_failure_policy = models.CharField(
+        "when the sender fails DMARC",
+        max_length=20,
+        choices=DmarcFailurePolicy.choices,
+        default=DmarcFailurePolicy.MARK,
+        help_text="As the trusted server above reports it.",
+    )
 
     # OAuth 2.0 (Microsoft 365, Google); the connect flow fills the tokens.
     oauth_access = models.CharField(

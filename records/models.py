@@ -176,6 +176,14 @@ class Message(models.Model):
     references = models.TextField(blank=True)
     date = models.DateTimeField(null=True, blank=True, help_text="The email's Date header.")
     raw_size = models.PositiveIntegerField(default=0)
+    # An internal note is seen by staff only: never emailed, never a status change.
+    is_internal = models.BooleanField(default=False)
+    # Incoming: what the trusted receiving server said about the sender (None: nothing
+    # trusted said anything; False: DMARC failed, shown as "sender not verified").
+    sender_verified = models.BooleanField(null=True, blank=True)
+    authentication = models.CharField(
+        max_length=500, blank=True, help_text="The trusted Authentication-Results, summarised."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -285,12 +293,18 @@ class Quarantine(models.Model):
     from_address = models.CharField(max_length=998, blank=True)
     subject = models.CharField(max_length=998, blank=True)
     message_id = models.CharField(max_length=998, blank=True)
+    # Set on emails held by the flood limit ("sender:a@b.test" or "domain:b.test"), so the
+    # quarantine screen can release one flood at once.
+    flood_key = models.CharField(max_length=400, blank=True)
     received_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-received_at"]
         verbose_name_plural = "quarantine"
-        indexes = [models.Index(fields=["-received_at"], name="quarantine_received")]
+        indexes = [
+            models.Index(fields=["-received_at"], name="quarantine_received"),
+            models.Index(fields=["flood_key", "received_at"], name="quarantine_flood"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.subject!r} from {self.from_address}: {self.reason}"

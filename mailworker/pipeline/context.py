@@ -64,6 +64,16 @@ class EmailContext:
     # The users and markers this email's chunk read at once (see lookups.py).
     chunk: ChunkLookups | None = None
     notes: list[str] = field(default_factory=list)
+    # Trust (filters/sender_identity.py, authentication.py, participants.py, flood.py):
+    # True or False when a trusted receiving server said whether the sender passed DMARC;
+    # None when nothing trusted said anything.
+    sender_verified: bool | None = None
+    authentication: str = ""  # the trusted Authentication-Results, summarised for the record
+    # True when the email names a record but its sender is not on it and the integration's
+    # policy keeps it as an internal note: logged for staff, nothing changes, nobody is told.
+    as_internal_note: bool = False
+    # The flood limit's key ("sender:a@b.test", "domain:b.test") when the email is held.
+    flood_key: str = ""
 
     @property
     def is_automatic(self) -> bool:

@@ -7,13 +7,17 @@ from collections.abc import Callable
 
 from mailworker.pipeline.context import EmailContext, Verdict
 from mailworker.pipeline.filters import (
+    authentication,
     automatic_mail,
     duplicate_guard,
+    flood,
     ignore_senders,
     ignore_subject,
     loop_guard,
     match_record,
+    participants,
     requester,
+    sender_identity,
     whitelist,
 )
 
@@ -21,13 +25,17 @@ Filter = Callable[[EmailContext], Verdict]
 
 FILTERS: tuple[tuple[str, Filter], ...] = (
     ("loop guard", loop_guard.check),
+    ("sender identity", sender_identity.check),
+    ("sender authentication", authentication.check),
     ("whitelist", whitelist.check),
     ("ignore list", ignore_senders.check),
     ("ignore subject", ignore_subject.check),
     ("auto-reply and bounce", automatic_mail.classify),
     ("match record", match_record.check),
+    ("who may write", participants.check),
     ("automatic mail without record", automatic_mail.without_record),
     ("duplicate guard", duplicate_guard.check),
+    ("flood limit", flood.check),
     ("requester", requester.check),
 )
 
