@@ -26,6 +26,9 @@ class InboundEmail:
     references: list[str] = field(default_factory=list)
     from_address: str = ""  # lowercased addr-spec, "" when missing or unreadable
     from_name: str = ""
+    # Why the sender is ambiguous (two From addresses, an unreadable From...): the sender
+    # identity filter quarantines the email with it. "" when From names one sender or none.
+    sender_problem: str = ""
     reply_to: list[str] = field(default_factory=list)
     to: list[str] = field(default_factory=list)  # addr-specs
     cc: list[str] = field(default_factory=list)

@@ -25,6 +25,7 @@ from email.parser import BytesFeedParser, BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 from urllib.parse import unquote
 
+from mailworker.from_header import read_sender
 from mailworker.html import sanitise_html
 from mailworker.inbound import InboundEmail, ParsedAttachment
 from mailworker.text import (
@@ -82,7 +83,6 @@ _EXTENSIONS = {
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 _CID_REFERENCE = re.compile(r"""cid:([^"'\s>)]+)""", re.IGNORECASE)
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
-_ADDRESS_LIKE = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
 _MESSAGE_ID = re.compile(r"<([^<>]*)>")
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9._+-]*")
 _BOUNDARY_PARAM = re.compile(r"""boundary\s*=\s*(?:"([^"]+)"|([^\s;"]+))""", re.IGNORECASE)
@@ -234,15 +234,13 @@ def _first_header(part: Message, name: str) -> str:
 
 
 def _read_addresses(email: InboundEmail, message: Message, defects: _Defects, hint: str) -> None:
-    senders = _addresses(message, "from", defects, hint) or _address_in_text(message, "from")
-    if not senders:
-        senders = _addresses(message, "sender", defects, hint)
-        if senders:
-            defects.add("no usable From; used Sender")
-        else:
-            defects.add("no usable From address")
-    if senders:
-        email.from_name, email.from_address = senders[0]
+    sender = read_sender(
+        _header_texts(message, "from", hint), _header_texts(message, "sender", hint)
+    )
+    email.from_name, email.from_address = sender.name, sender.address
+    email.sender_problem = sender.problem
+    for note in sender.notes:
+        defects.add(note)
     email.reply_to = _addr_specs(_addresses(message, "reply-to", defects, hint))
     email.to = _addr_specs(_addresses(message, "to", defects, hint))
     email.cc = _addr_specs(_addresses(message, "cc", defects, hint))
@@ -250,6 +248,12 @@ def _read_addresses(email: InboundEmail, message: Message, defects: _Defects, hi
         _addresses(message, "delivered-to", defects, hint)
         + _addresses(message, "x-original-to", defects, hint)
     )
+
+
+def _header_texts(part: Message, name: str, hint: str) -> list[str]:
+    """Every `name` header's raw value as unfolded text, encoded words left as they are:
+    they may only ever make a display name (see from_header.py)."""
+    return [_unfold(undo_surrogateescape(raw, hint)[0]) for raw in _raw_values(part, name)]
 
 
 def _addr_specs(pairs: Iterable[tuple[str, str]]) -> list[str]:
@@ -293,16 +297,6 @@ def _strict_addresses(value: str) -> list[tuple[str, str]] | None:
         return found
     except Exception:  # any failure means: read it leniently
         return None
-
-
-def _address_in_text(part: Message, name: str) -> list[tuple[str, str]]:
-    """Last resort for a From nobody could parse ("Big Bug bb@bug.com"): the first thing in it
-    that looks like an address."""
-    for raw in _raw_values(part, name):
-        found = _ADDRESS_LIKE.search(_decode_header(raw))
-        if found:
-            return [("", found.group().lower())]
-    return []
 
 
 def _lenient_addresses(value: str) -> list[tuple[str, str]]:

@@ -1,0 +1,38 @@
+"""Control characters in names and header values: refused where a person types them, removed
+where an email brings them.
+
+compat32, which writes the desk's emails, splits header lines with str.splitlines(): besides
+CR and LF it breaks on \\x0b, \\x0c, \\x1c-\\x1e, \\x85, U+2028 and U+2029, so any of them in a
+name or a subject could start a header of its own. The rest of Unicode's Cc category (NUL,
+ESC, DEL...) has no place in a name either. A leaf module: records, integrations and the mail
+engine all use it, and it imports nothing of theirs.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+# Line and paragraph separators are not Cc, but splitlines() breaks on them too.
+_SEPARATORS = frozenset("\u2028\u2029")
+
+
+def is_control_character(char: str) -> bool:
+    return unicodedata.category(char) == "Cc" or char in _SEPARATORS
+
+
+def first_control_character(text: str) -> str | None:
+    """The first control character in `text`, or None."""
+    return next((char for char in text if is_control_character(char)), None)
+
+
+def describe(char: str) -> str:
+    """'U+000B' for a message a person reads: the character itself would not show."""
+    return f"U+{ord(char):04X}"
+
+
+def without_control_characters(text: str) -> str:
+    """Each control character becomes a space, then runs of white space one space: a name
+    read from an email ("Bob\\x0bSmith") keeps its words."""
+    if first_control_character(text) is None:
+        return text
+    return " ".join("".join(" " if is_control_character(c) else c for c in text).split())
