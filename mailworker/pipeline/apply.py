@@ -6,16 +6,19 @@ the processed marker.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.db.models import Q
 
+from integrations.models import EmailIntegration
 from mailworker.inbound import InboundEmail
 from mailworker.models import OutboxEmail
 from mailworker.outbound.outbox import queue_email
 from mailworker.parsing import remove_emojis
 from mailworker.pipeline.context import EmailContext
 from records import signals
-from records.email_rules import RuleInput, apply_email_rules
-from records.models import Direction, Message, ProcessedEmail, User
+from records.email_rules import RuleInput, RuleOutcome, apply_rule_outcome, evaluate_email_rules
+from records.models import Direction, EmailRule, Message, ProcessedEmail, User
 from records.services import (
     add_attachment,
     add_message,
@@ -31,10 +34,33 @@ class NoSenderError(ValueError):
 
 
 def cleaned_subject_and_body(ctx: EmailContext) -> tuple[str, str]:
-    subject, body = ctx.email.subject, ctx.email.text_body
-    if ctx.integration.remove_emojis:
+    return subject_and_body_of(ctx.email, ctx.integration)
+
+
+def subject_and_body_of(email: InboundEmail, integration: EmailIntegration) -> tuple[str, str]:
+    subject, body = email.subject, email.text_body
+    if integration.remove_emojis:
         subject, body = remove_emojis(subject), remove_emojis(body)
     return subject, body
+
+
+def evaluate_rules_for(
+    email: InboundEmail, *, integration: EmailIntegration, rules: Iterable[EmailRule] | None
+) -> RuleOutcome:
+    """What the email rules decide for the record this email would open: evaluated before the
+    write transaction (process.py), so a slow pattern never holds the database's lock. The
+    rules see the sender identity, the recipients (the receiving server's Delivered-To first,
+    see email_rules.MAX_VALUES_PER_FIELD), and the subject and body as the record keeps them."""
+    subject, body = subject_and_body_of(email, integration)
+    return evaluate_email_rules(
+        facts=RuleInput(
+            sender=email.from_address,
+            recipients=list(dict.fromkeys([*email.delivered_to, *email.to, *email.cc])),
+            subject=subject,
+            body=body,
+        ),
+        rules=rules,
+    )
 
 
 def log_email(ctx: EmailContext, *, subject: str, body: str, just_opened: bool = False) -> Message:
@@ -100,16 +126,12 @@ def open_record(ctx: EmailContext, *, subject: str, body: str) -> None:
         source_integration=ctx.integration,
         status=lookups.new_status if lookups else None,
     )
-    apply_email_rules(
-        record=ctx.record,
-        facts=RuleInput(
-            sender=email.from_address,
-            recipients=[*email.to, *email.cc, *email.delivered_to],
-            subject=subject,
-            body=body,
-        ),
-        rules=lookups.email_rules if lookups else None,
-    )
+    outcome = ctx.rule_outcome
+    if outcome is None:  # a caller that did not evaluate the rules before its transaction
+        outcome = evaluate_rules_for(
+            email, integration=ctx.integration, rules=lookups.email_rules if lookups else None
+        )
+    apply_rule_outcome(record=ctx.record, outcome=outcome)
 
 
 def change_status(ctx: EmailContext) -> None:

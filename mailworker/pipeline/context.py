@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from integrations.models import EmailIntegration
 from mailworker.inbound import InboundEmail
+from records.email_rules import RuleOutcome
 from records.models import ServiceRecord
 
 if TYPE_CHECKING:
@@ -74,6 +75,9 @@ class EmailContext:
     as_internal_note: bool = False
     # The flood limit's key ("sender:a@b.test", "domain:b.test") when the email is held.
     flood_key: str = ""
+    # What the email rules decided, evaluated before the write transaction (process.py);
+    # None: not evaluated yet, open_record evaluates them itself.
+    rule_outcome: RuleOutcome | None = None
 
     @property
     def is_automatic(self) -> bool:

@@ -29,7 +29,7 @@ from mailworker.outbound.outbox import (
     queue_email,
     rollback_batch_to,
 )
-from mailworker.pipeline.apply import apply_email, queue_forward_of_ignored
+from mailworker.pipeline.apply import apply_email, evaluate_rules_for, queue_forward_of_ignored
 from mailworker.pipeline.context import EmailContext, Verdict
 from mailworker.pipeline.filters import run_filters
 from mailworker.pipeline.filters.duplicate_guard import fingerprint
@@ -40,6 +40,7 @@ from mailworker.pipeline.lookups import (
     load_pass_lookups,
 )
 from mailworker.pipeline.parse_ahead import Parsed, parse
+from records.email_rules import NO_RULES, RuleOutcome
 from records.models import ProcessedEmail, Quarantine
 
 logger = logging.getLogger(__name__)
@@ -213,6 +214,10 @@ def process_chunk(
         # Parsed before any transaction opens: it needs no database, and the chunk's senders
         # and fingerprints are then looked up with one query each.
         parsed = [parse(email.raw) for email in emails]
+    outcomes = [
+        None if keys[index] in done else rule_outcome_of(integration, item, lookups)
+        for index, item in enumerate(parsed)
+    ]
     position = 0
     while position < len(emails):
         results: list[ProcessResult] = []
@@ -225,13 +230,39 @@ def process_chunk(
                     results.append(ProcessResult(ALREADY_PROCESSED))
                 else:
                     results.append(
-                        _process_one(integration, emails[index], key, lookups, parsed[index], chunk)
+                        _process_one(
+                            integration,
+                            emails[index],
+                            key,
+                            lookups,
+                            parsed[index],
+                            chunk,
+                            rule_outcome=outcomes[index],
+                        )
                     )
                     done.add(key)  # the same bytes twice in one chunk: the second is done
                 if len(results) >= max_emails or time.monotonic() > deadline:
                     break
         position += len(results)
         yield results
+
+
+def rule_outcome_of(
+    integration: EmailIntegration, parsed: Parsed, lookups: PassLookups
+) -> RuleOutcome | None:
+    """The email rules, evaluated before the chunk's transaction opens: a pattern that takes
+    its whole time budget then holds no lock (SQLite has one writer for the whole database).
+    None when the email cannot open a record anyway."""
+    email = parsed.email
+    if email is None or email.sender_problem or not email.from_address:
+        return None
+    if not lookups.email_rules:
+        return NO_RULES
+    try:
+        return evaluate_rules_for(email, integration=integration, rules=lookups.email_rules)
+    except Exception:  # open_record evaluates again, in the email's savepoint, which may fail
+        logger.exception("integration %s: email rules failed before the chunk", integration.name)
+        return None
 
 
 def chunk_lookups(parsed: list[Parsed]) -> ChunkLookups:
@@ -265,6 +296,8 @@ def _process_one(
     lookups: PassLookups,
     parsed: Parsed,
     chunk: ChunkLookups,
+    *,
+    rule_outcome: RuleOutcome | None = None,
 ) -> ProcessResult:
     """One email in its own savepoint of the caller's transaction."""
     raw, oversized_limit = item.raw, item.oversized_limit
@@ -291,6 +324,7 @@ def _process_one(
                 desk_addresses=lookups.desk_addresses,
                 lookups=lookups,
                 chunk=chunk,
+                rule_outcome=rule_outcome,
             )
             return _decide(ctx, run_filters(ctx), key=key)
     except IntegrityError:

@@ -1,0 +1,153 @@
+"""Bounded email rules (issue 11, part 7): one time budget per email across all rules, a fixed
+number of values examined per field, and the rules evaluated before the write transaction
+takes its lock. The attack goes through a real Dovecot mailbox and a pass."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import pytest
+from django.db import connection
+
+from integrations.models import EmailIntegration
+from mailworker.pipeline.passes import run_pass
+from records.email_rules import MAX_VALUES_PER_FIELD, RULES_BUDGET_SECONDS
+from records.models import Category, EmailRule, EmailRuleCondition, Priority, ServiceRecord
+from tests.mail import make_email
+
+# Exponential for the backtracking engine even in `regex` (TESTING.md): on a run of 40 "a"
+# followed by "@" it would take far longer than any test, per value.
+CATASTROPHIC = r"(a|aa)+$"
+CRAFTED = "a" * 40
+
+
+def crafted_email(recipients: int = 160) -> bytes:
+    to = ", ".join(f"{CRAFTED}@r{number}.attacker.test" for number in range(recipients))
+    return make_email(
+        sender="Mallory <mallory@attacker.test>",
+        to=to,
+        subject=CRAFTED,
+        headers={"Delivered-To": "support@desk.test"},
+    )
+
+
+def rule(name: str, order: int, *conditions: tuple[str, str, str], **actions) -> EmailRule:
+    created = EmailRule.objects.create(name=name, order=order, **actions)
+    for field, operator, value in conditions:
+        EmailRuleCondition.objects.create(rule=created, field=field, operator=operator, value=value)
+    return created
+
+
+@pytest.fixture
+def desk(dovecot, dovecot_integration):
+    class Desk:
+        integration: EmailIntegration = dovecot_integration(protocol="imap", encryption="ssl")
+
+        def receive(self, *raws: bytes):
+            dovecot.deliver(self.integration.incoming_username, list(raws))
+            report = run_pass(integration=self.integration, batch_size=500)
+            assert not report.failed, report.errors
+            return report
+
+    return Desk()
+
+
+@pytest.mark.django_db
+def test_catastrophic_rules_on_160_crafted_recipients_run_out_of_budget_and_are_reported(
+    desk, caplog
+) -> None:
+    routed = Category.objects.create(name="Routed by a plain rule")
+    rule(
+        "Crafted recipients", 1, ("recipient", "regex", CATASTROPHIC), set_priority=Priority.HIGHEST
+    )
+    rule("Crafted subject", 2, ("subject", "regex", CATASTROPHIC), set_priority=Priority.HIGH)
+    # Plain operators are linear and need no budget: they still apply after it ran out.
+    rule("From the attacker", 3, ("sender", "ends_with", "@attacker.test"), set_category=routed)
+
+    with caplog.at_level(logging.WARNING, logger="records.email_rules"):
+        report = desk.receive(crafted_email())
+
+    assert report.counts["created"] == 1
+    record = ServiceRecord.objects.get()
+    assert record.priority == Priority.NORMAL  # neither catastrophic rule counted as a match
+    assert record.category == routed
+    note = record.messages.get(is_internal=True)
+    assert "“Crafted recipients”, “Crafted subject”" in note.text_body
+    assert f"within {RULES_BUDGET_SECONDS} s" in note.text_body
+    assert "Crafted recipients, Crafted subject ran out of their" in caplog.text
+
+
+@pytest.mark.django_db
+def test_only_the_first_recipients_are_examined_and_delivered_to_comes_first(desk) -> None:
+    rule(
+        "Beyond the cap",
+        1,
+        ("recipient", "equals", f"{CRAFTED}@r{MAX_VALUES_PER_FIELD + 10}.attacker.test"),
+        set_priority=Priority.HIGHEST,
+    )
+    desk_team = Category.objects.create(name="Desk mailbox")
+    rule("Our mailbox", 2, ("recipient", "equals", "support@desk.test"), set_category=desk_team)
+
+    desk.receive(crafted_email())
+
+    record = ServiceRecord.objects.get()
+    assert record.priority == Priority.NORMAL
+    assert record.category == desk_team  # Delivered-To is not pushed out by a stuffed To
+    assert not record.messages.filter(is_internal=True).exists()
+
+
+@pytest.mark.django_db
+def test_rules_within_budget_still_route_as_before(desk) -> None:
+    rule("Printers", 1, ("subject", "regex", r"(?i)\bprinter\b"), set_priority=Priority.HIGH)
+
+    desk.receive(make_email())
+
+    record = ServiceRecord.objects.get()
+    assert record.priority == Priority.HIGH
+    assert not record.messages.filter(is_internal=True).exists()
+
+
+class WriteWhileRulesRun(logging.Handler):
+    """When the rules report that they ran out of time (they are still evaluating, in the
+    worker's thread), another connection writes to the same SQLite file without waiting: it
+    fails with "database is locked" if the worker's write transaction is open then."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(logging.WARNING)
+        self.path = path
+        self.outcomes: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        other = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute(
+                "INSERT INTO records_category (name) VALUES (?)", ("Written while rules ran",)
+            )
+            other.execute("COMMIT")
+            self.outcomes.append("written")
+        except sqlite3.OperationalError as error:
+            self.outcomes.append(str(error))
+        finally:
+            other.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rules_are_evaluated_while_another_connection_can_still_write(desk) -> None:
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's single write lock is what this shows; PostgreSQL locks rows")
+    rule("Crafted recipients", 1, ("recipient", "regex", CATASTROPHIC))
+    # Two emails: the second one's rules run after the first one was written, which is when
+    # an open chunk transaction would hold the lock.
+    handler = WriteWhileRulesRun(connection.settings_dict["NAME"])
+    logger = logging.getLogger("records.email_rules")
+    logger.addHandler(handler)
+    try:
+        report = desk.receive(make_email(subject="First, harmless"), crafted_email())
+    finally:
+        logger.removeHandler(handler)
+
+    assert report.counts["created"] == 2
+    assert handler.outcomes == ["written"]
+    assert Category.objects.filter(name="Written while rules ran").exists()
