@@ -22,6 +22,7 @@ from integrations.validation import (
     validate_sender_list,
     validate_subject_regex,
 )
+from servicedesk.control_characters import refuse_control_characters
 
 
 class IncomingProtocol(models.TextChoices):
@@ -121,7 +122,11 @@ port_validators = [MinValueValidator(1), MaxValueValidator(65535)]
 class EmailIntegration(models.Model):
     # General
     name = models.CharField(
-        max_length=100, unique=True, help_text="Shown in the address list when sending."
+        max_length=100,
+        unique=True,
+        help_text="Shown in the address list when sending.",
+        # It is the display name of the desk's From header.
+        validators=[refuse_control_characters],
     )
     description = models.TextField(blank=True)
     is_default = models.BooleanField("use as default email integration", default=False)

@@ -108,7 +108,7 @@ def read_mailboxes(value: str) -> _Reading:
         bad = [address for _, address in strict if not is_address(address)]
         if bad:
             return _Reading(problem=f"has a malformed address {bad[0]!r}")
-        return _Reading(mailboxes=[(display_name(name), address) for name, address in strict])
+        return _Reading(mailboxes=[(clean_name(name), address) for name, address in strict])
     return _by_structure(value)
 
 
@@ -268,4 +268,8 @@ def display_name(text: str) -> str:
     if len(text) > 1 and text.startswith('"') and text.endswith('"'):
         text = re.sub(r"\\(.)", r"\1", text[1:-1])
     text, _note = decode_encoded_words(text)
+    return clean_name(text)
+
+
+def clean_name(text: str) -> str:
     return collapse_whitespace(without_control_characters(clean_text(text)))

@@ -38,6 +38,7 @@ from mailworker.text import (
     remove_emojis,
     undo_surrogateescape,
 )
+from servicedesk.control_characters import without_control_characters
 
 __all__ = ["parse_email", "remove_emojis", "sanitise_html"]
 
@@ -275,7 +276,10 @@ def _addresses(
             found = _lenient_addresses(value)
         for display_name, address in found:
             address = clean_text(address).strip().strip("<>").strip().lower()
-            if "@" in address and not any(char.isspace() for char in address):
+            # No white space and no control character: the desk may write it into a header.
+            if "@" in address and not any(
+                char.isspace() or not char.isprintable() for char in address
+            ):
                 pairs.append((collapse_whitespace(clean_text(display_name)), address))
             elif address:
                 defects.add(f"{name}: address without a domain dropped")
@@ -336,7 +340,8 @@ def _message_ids(value: str, defects: _Defects, *, single: bool = False) -> list
     candidates = bracketed or value.replace(",", " ").split()
     ids = []
     for candidate in candidates:
-        candidate = "".join(clean_text(candidate).split())
+        # Without control characters: a reply's References repeat it in a header we write.
+        candidate = "".join(without_control_characters(clean_text(candidate)).split())
         if not candidate or (not bracketed and not single and "@" not in candidate):
             continue
         if len(candidate) + 2 > MAX_MESSAGE_ID_CHARS:
@@ -352,7 +357,11 @@ def _read_subject(email: InboundEmail, message: Message, defects: _Defects, hint
     values = _raw_values(message, "subject")
     if not values:
         return
-    subject = collapse_whitespace(clean_text(_decode_header(values[0], hint=hint)))
+    # On one line and without control characters: it becomes the record's title and the
+    # subject of the desk's emails about it, where they could start a header of their own.
+    subject = collapse_whitespace(
+        without_control_characters(clean_text(_decode_header(values[0], hint=hint)))
+    )
     if len(subject) > MAX_SUBJECT_CHARS:
         defects.add(f"subject cut to {MAX_SUBJECT_CHARS} characters")
         subject = subject[:MAX_SUBJECT_CHARS].rstrip()

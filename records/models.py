@@ -8,6 +8,8 @@ from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.db.models.functions import Lower
 
+from servicedesk.control_characters import refuse_control_characters
+
 
 class User(AbstractUser):
     """Admins and agents are staff; end users are users without staff rights.
@@ -15,6 +17,16 @@ class User(AbstractUser):
     An unregistered sender becomes an end user with an unusable password. The email address is
     how the mail engine finds a person, so it is unique regardless of case (when set).
     """
+
+    # Names go into the headers of the desk's emails ("Jane Doe" <jane@...>) and onto every
+    # screen: no line breaks or other control characters (forms and full_clean refuse them;
+    # names read from emails are cleaned by the service that creates the end user).
+    first_name = models.CharField(
+        "first name", max_length=150, blank=True, validators=[refuse_control_characters]
+    )
+    last_name = models.CharField(
+        "last name", max_length=150, blank=True, validators=[refuse_control_characters]
+    )
 
     class Meta:
         constraints = [

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from records import signals
 from records.models import Attachment, Direction, Message, ServiceRecord, Status, User
+from servicedesk.control_characters import without_control_characters
 
 if TYPE_CHECKING:
     from integrations.models import EmailIntegration
@@ -66,8 +67,11 @@ def get_or_create_end_user(*, email: str, display_name: str = "") -> tuple[User,
 
 def create_end_user(*, email: str, display_name: str = "") -> tuple[User, bool]:
     """A new end user for an address the caller found unregistered; the existing user when
-    another worker registered it meanwhile (then `created` is False)."""
-    first_name, _, last_name = display_name.strip().partition(" ")
+    another worker registered it meanwhile (then `created` is False).
+
+    The display name comes from an email, the sender's to choose: control characters are
+    cleaned out, not refused (a person typing a name is refused instead, see User)."""
+    first_name, _, last_name = without_control_characters(display_name).strip().partition(" ")
     user = get_user_model()(
         username=_free_username(email),
         email=email.strip(),

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from django.core.exceptions import ValidationError
+
 # Line and paragraph separators are not Cc, but splitlines() breaks on them too.
 _SEPARATORS = frozenset("\u2028\u2029")
 
@@ -36,3 +38,15 @@ def without_control_characters(text: str) -> str:
     if first_control_character(text) is None:
         return text
     return " ".join("".join(" " if is_control_character(c) else c for c in text).split())
+
+
+def refuse_control_characters(value: str) -> None:
+    """A validator for names people type: the name goes into headers of the desk's emails."""
+    char = first_control_character(value or "")
+    if char is not None:
+        raise ValidationError(
+            "This contains a control character (%(char)s), such as a line break or a tab; "
+            "names cannot hold them.",
+            code="control_character",
+            params={"char": describe(char)},
+        )

@@ -23,6 +23,11 @@ from django.utils import timezone
 
 from integrations.models import ContentType, EmailIntegration, TransferEncoding
 from mailworker.headers import LOOP_HEADER
+from servicedesk.control_characters import (
+    describe,
+    first_control_character,
+    without_control_characters,
+)
 
 LOOP_HEADER_VALUE = "servicedesk"
 MAX_REFERENCES = 20  # RFC 5322 allows more; long chains only cost bytes
@@ -30,7 +35,8 @@ SUBJECT_TEMPLATE = "{subject} [#{number}]"
 
 
 class HeaderInjectionError(ValueError):
-    """A value meant for a header holds a line break: it could add headers of its own."""
+    """A value meant for a header holds a line break or another control character: it could
+    add headers of its own (compat32 breaks lines on \x0b, \x0c, \x1c-\x1e, U+2028...)."""
 
 
 @dataclass(frozen=True)
@@ -42,21 +48,34 @@ class ComposedEmail:
 
 
 def header_safe(value: str, *, what: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise HeaderInjectionError(f"{what} contains a line break, which headers cannot hold")
-    return value
+    """The value, when it can go into a header as it is: every control character (Unicode's
+    Cc, NUL and DEL among them) and the line and paragraph separators are refused, as the
+    stdlib's writer would turn several of them into line breaks."""
+    char = first_control_character(value)
+    if char is None:
+        return value
+    kind = "a line break" if char in "\r\n" else "a control character"
+    raise HeaderInjectionError(
+        f"{what} contains {kind} ({describe(char)}), which headers cannot hold"
+    )
 
 
-def check_headers(*, to: list[str], subject: str) -> None:
-    """Refuse, before anything is queued, values that compose() would refuse later."""
+def check_headers(*, to: list[str], subject: str, sender_name: str | None = None) -> None:
+    """Refuse, before anything is queued, values that compose() would refuse later.
+    `sender_name`: the integration's name, the display name of From (checked as typed: an
+    encoded word would hide a control character from the check of the whole header)."""
     for address in to:
         header_safe(address, what="A recipient address")
     header_safe(subject, what="The subject")
+    if sender_name is not None:
+        header_safe(sender_name, what="The integration's name")
 
 
 def record_subject(*, subject: str, number: int) -> str:
     """The record number in the subject, once: replies keep "[#123]" without doubling it."""
-    subject = " ".join(subject.split())
+    # A record's title may hold what an email or an import brought: on one line, and no
+    # control character, so that header_safe() never has to refuse a record's email.
+    subject = " ".join(without_control_characters(subject).split())
     if f"#{number}" in subject:
         return subject
     return SUBJECT_TEMPLATE.format(subject=subject, number=number)
@@ -170,7 +189,7 @@ def compose(
 ) -> ComposedEmail:
     """Build one email ready for SMTP. Refuses values that would inject headers.
     `message_id`: the one given out when the email was queued; a new one when empty."""
-    check_headers(to=[*to, *(cc or [])], subject=subject)
+    check_headers(to=[*to, *(cc or [])], subject=subject, sender_name=integration.name)
     message_id = message_id or new_message_id(integration)
     headers = [
         ("From", formataddr((integration.name, integration.email_address), charset="utf-8")),
