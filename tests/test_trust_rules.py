@@ -9,6 +9,7 @@ import sqlite3
 
 import pytest
 from django.db import connection
+from django.urls import reverse
 
 from integrations.models import EmailIntegration
 from mailworker.pipeline.passes import run_pass
@@ -55,7 +56,7 @@ def desk(dovecot, dovecot_integration):
 
 @pytest.mark.django_db
 def test_catastrophic_rules_on_160_crafted_recipients_run_out_of_budget_and_are_reported(
-    desk, caplog
+    desk, caplog, admin_client
 ) -> None:
     routed = Category.objects.create(name="Routed by a plain rule")
     rule(
@@ -76,6 +77,8 @@ def test_catastrophic_rules_on_160_crafted_recipients_run_out_of_budget_and_are_
     assert "“Crafted recipients”, “Crafted subject”" in note.text_body
     assert f"within {RULES_BUDGET_SECONDS} s" in note.text_body
     assert "Crafted recipients, Crafted subject ran out of their" in caplog.text
+    page = admin_client.get(reverse("records:detail", args=[record.pk])).content.decode()
+    assert "Email rules ran out of time" in page
 
 
 @pytest.mark.django_db
