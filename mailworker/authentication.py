@@ -48,6 +48,7 @@ import authres
 import authres.dmarc
 
 from integrations.services import EXCHANGE_ONLINE_AUTHSERV_ID
+from mailworker.text import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ _NO_AUTHSERV_ID = re.compile(r"^\s*[A-Za-z0-9][A-Za-z0-9_.-]*\s*=")
 _ADDRESS_LITERAL = re.compile(
     r"^\[?(?:\d{1,3}(?:\.\d{1,3}){3}|(?:ipv6:)?[0-9a-f.]*:[0-9a-f:.]*)\]?$", re.IGNORECASE
 )
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 MAX_SUMMARY = 500
 
@@ -106,7 +109,13 @@ def authenticate_sender(
     if stamp is None:
         return SenderAuthentication(notes=tuple(notes))
     verified, summary = dmarc_verdict(stamp, from_domain=domain_of(from_address))
-    return SenderAuthentication(verified, summary[:MAX_SUMMARY], tuple(notes + stamp.notes))
+    return SenderAuthentication(verified, printable(summary), tuple(notes + stamp.notes))
+
+
+def printable(summary: str) -> str:
+    """The summary as the record shows it: the server quotes what the sender wrote (the
+    From domain), so no control character and nothing a database refuses."""
+    return _CONTROL.sub(" ", clean_text(summary)).strip()[:MAX_SUMMARY]
 
 
 def normalised_ids(ids: Iterable[str]) -> frozenset[str]:
