@@ -14,10 +14,12 @@ does). So, reading the header fields from the top:
    Any below it, whatever they say and whoever they claim to be from, are ignored: the
    trusted server's own stamp sits above anything the sender wrote.
 2. Headers with another authserv-id are another server's words (or the sender's): skipped.
-3. The search stops at a Received header written by a host that is not the trusted server
-   (nor a host of its domain, nor an internal hop with no host name, as Gmail's are): what
-   lies below it was written before the trusted server had the message, so a "trusted"
-   stamp there is the sender's forgery.
+3. Below the trusted server's own Received header (its "by" host is the trusted id or a
+   host of its domain), the search stops at the first Received header of a foreign host:
+   what lies below it was written before the trusted server had the message, so a
+   "trusted" stamp there is the sender's forgery. Foreign hosts above the trusted server's
+   Received are later hops (the mailbox server it delivered to) and do not stop it; hops
+   named by an address only (Gmail's internal "by 2002:a05:...") count for neither.
 4. The search also stops at an Authentication-Results that does not parse: it may be the
    trusted server's own, and believing one below it could mean believing the sender.
 
@@ -43,6 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import compat32
+from enum import Enum
 
 import authres
 import authres.dmarc
@@ -145,11 +148,14 @@ def trusted_stamp(
     fields: list[tuple[str, str]], *, trusted: frozenset[str], notes: list[str]
 ) -> _Stamp | None:
     """The one Authentication-Results believed, by the rule in this module's docstring."""
+    passed_trusted_received = False
     for name, value in fields:
         if name == "received":
-            host = received_by(value)
-            if host and not is_trusted_host(host, trusted=trusted):
-                return None
+            side = host_side(received_by(value), trusted=trusted)
+            if side is HostSide.TRUSTED:
+                passed_trusted_received = True
+            elif side is HostSide.FOREIGN and passed_trusted_received:
+                return None  # the sender's own trace from here down
             continue
         if _NO_AUTHSERV_ID.match(value):
             if EXCHANGE_ONLINE_AUTHSERV_ID in trusted:
@@ -202,19 +208,27 @@ def received_by(value: str) -> str:
     return found.group(1).strip().rstrip(".").lower() if found else ""
 
 
-def is_trusted_host(host: str, *, trusted: frozenset[str]) -> bool:
-    """Whether a Received header's "by" host is the trusted server's side: the trusted id
-    itself, a host of its domain (mx.example.com: *.example.com), an address literal (an
-    internal hop, such as Gmail's "by 2002:a05:..."), or for Exchange Online its hosts."""
-    if _ADDRESS_LITERAL.match(host) or "." not in host:
-        return True
+class HostSide(Enum):
+    TRUSTED = "trusted"  # the trusted server, a host of its domain, Exchange Online's hosts
+    FOREIGN = "foreign"  # any other named host
+    UNKNOWN = "unknown"  # no host, an address literal, a name without a dot
+
+
+def host_side(host: str, *, trusted: frozenset[str]) -> HostSide:
+    """Whose host a Received header's "by" names. A host of the trusted id's domain counts
+    as the trusted server's (mx.example.com: *.example.com), as do Exchange Online's hosts
+    when it is trusted."""
+    if not host or "." not in host or _ADDRESS_LITERAL.match(host):
+        return HostSide.UNKNOWN
     domains = set()
     for authserv_id in trusted:
         labels = authserv_id.split(".")
         domains.add(".".join(labels[1:]) if len(labels) > 2 else authserv_id)
         if authserv_id == EXCHANGE_ONLINE_AUTHSERV_ID:
             domains.update(_EXCHANGE_ONLINE_DOMAINS)
-    return host in trusted or any(host == d or host.endswith("." + d) for d in domains)
+    if host in trusted or any(host == d or host.endswith("." + d) for d in domains):
+        return HostSide.TRUSTED
+    return HostSide.FOREIGN
 
 
 def dmarc_verdict(stamp: _Stamp, *, from_domain: str) -> tuple[bool | None, str]:

@@ -194,6 +194,22 @@ def test_a_forged_trusted_stamp_below_the_senders_own_received_is_ignored(desk) 
     assert only_message().sender_verified is None
 
 
+def test_a_later_hop_above_the_trusted_server_does_not_hide_its_stamp(desk) -> None:
+    """The trusted MX delivered to a mailbox server of another domain, which added its own
+    Received on top; the MX's stamp below it is still the one read."""
+    desk.receive(
+        delivered(
+            from_alice(),
+            received(by="imap.mailstore.test", sender_host="mx.desk.test"),
+            received(by=TRUSTED),
+            SERVER_SAYS_FAIL,
+            FORGED_PASS,
+        )
+    )
+
+    assert only_message().sender_verified is False
+
+
 def test_a_pass_for_another_domain_does_not_verify_the_from_address(desk) -> None:
     desk.receive(
         delivered(
