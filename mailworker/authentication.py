@@ -201,7 +201,7 @@ def exchange_online_stamp(value: str, *, notes: list[str]) -> _Stamp | None:
 def received_by(value: str) -> str:
     """The host a Received header says received the message ("by host"), lowercased; ""
     when it names none."""
-    text = value.partition(";")[0]  # the date follows the last ";"
+    text = value.rpartition(";")[0] or value  # the date follows the last ";"
     while _COMMENT.search(text):
         text = _COMMENT.sub(" ", text)
     found = _BY_HOST.search(text)
