@@ -75,7 +75,9 @@ class EmailIntegrationForm(forms.ModelForm):
         label="Trust Authentication-Results from",
         help_text="The authserv-id your receiving mail server writes in its "
         "Authentication-Results header, one per line (e.g. mx.example.com). Any other such "
-        "header is the sender's own words and is ignored. Empty: senders are not verified.",
+        "header is the sender's own words and is ignored. Empty: senders are not verified "
+        "(Microsoft 365 and Google: their servers, mx.microsoft.com and mx.google.com, are "
+        "filled in when you save).",
     )
     duplicate_exempt_senders = SenderListField(
         required=False,

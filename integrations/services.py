@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from integrations.editions import check_edition_limits
-from integrations.models import EmailIntegration
+from integrations.models import EmailIntegration, IncomingProtocol
 from integrations.oauth.services import forget_tokens_of_another_app
 from records.models import Status
 
@@ -38,6 +38,28 @@ SECRET_FIELDS = (
     "oauth_client_certificate",
     "oauth_service_account_key",
 )
+
+
+# The authserv-id Exchange Online stands for: it writes its Authentication-Results with none
+# (mailworker/authentication.py reads a header without one as Exchange Online's when this
+# id is trusted); mx.microsoft.com is the one it writes in its ARC-Authentication-Results.
+EXCHANGE_ONLINE_AUTHSERV_ID = "mx.microsoft.com"
+
+# What the hosted mailboxes' receiving servers write: an integration of that protocol that
+# leaves the list empty trusts them (the mailbox is theirs, so every email came through them).
+PROVIDER_AUTHSERV_IDS: dict[str, tuple[str, ...]] = {
+    IncomingProtocol.MICROSOFT365: (EXCHANGE_ONLINE_AUTHSERV_ID,),
+    IncomingProtocol.GOOGLE: ("mx.google.com",),
+}
+
+
+def prefill_trusted_authserv_ids(integration: EmailIntegration) -> None:
+    """Trust the provider's receiving server when the admin chose Microsoft 365 or Google
+    and named no server; a list the admin typed is kept as it is."""
+    if not integration.trusted_authserv_ids:
+        integration.trusted_authserv_ids = list(
+            PROVIDER_AUTHSERV_IDS.get(integration.incoming_protocol, ())
+        )
 
 
 def _apply_secrets(integration: EmailIntegration, secrets: Secrets) -> None:
@@ -135,6 +157,7 @@ def save_integration(
     transaction; the first integration ever saved becomes the default by itself.
     """
     _apply_secrets(integration, secrets)
+    prefill_trusted_authserv_ids(integration)
     if (
         not integration.is_default
         and not EmailIntegration.objects.filter(is_default=True).exclude(pk=integration.pk).exists()

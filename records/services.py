@@ -151,6 +151,8 @@ def add_message(
     integration: EmailIntegration | None = None,
     author: User | None = None,
     touch_record: bool = True,
+    sender_verified: bool | None = None,
+    authentication: str = "",
 ) -> Message:
     """An entry in the record's message log; touching the record moves it up the lists
     (`touch_record=False` for the first message of a record created just now)."""
@@ -170,6 +172,8 @@ def add_message(
         raw_size=raw_size,
         integration=integration,
         author=author,
+        sender_verified=sender_verified,
+        authentication=authentication[:500],
     )
     if touch_record:
         ServiceRecord.objects.filter(pk=record.pk).update(updated_at=timezone.now())

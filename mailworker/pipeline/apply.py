@@ -25,6 +25,7 @@ from records.services import (
     change_status_on_reply,
     create_end_user,
     create_record,
+    find_user_by_email,
     get_or_create_end_user,
 )
 
@@ -63,7 +64,14 @@ def evaluate_rules_for(
     )
 
 
-def log_email(ctx: EmailContext, *, subject: str, body: str, just_opened: bool = False) -> Message:
+def log_email(
+    ctx: EmailContext,
+    *,
+    subject: str,
+    body: str,
+    just_opened: bool = False,
+    author: User | None = None,
+) -> Message:
     email: InboundEmail = ctx.email
     assert ctx.record is not None
     message = add_message(
@@ -83,6 +91,10 @@ def log_email(ctx: EmailContext, *, subject: str, body: str, just_opened: bool =
         integration=ctx.integration,
         # A record opened by this email was created with this moment as its update time.
         touch_record=not just_opened,
+        author=author,
+        # Set before record_created and message_added fire: notifications read them.
+        sender_verified=ctx.sender_verified,
+        authentication=ctx.authentication,
     )
     for part in email.attachments:
         add_attachment(
@@ -93,6 +105,21 @@ def log_email(ctx: EmailContext, *, subject: str, body: str, just_opened: bool =
             content_id=part.content_id,
         )
     return message
+
+
+def verified_agent(ctx: EmailContext) -> User | None:
+    """The active staff user who wrote this email, only when the trusted receiving server
+    verified its sender (DMARC passed for the From domain). Anyone can put a staff address
+    in From: unverified, it is an outsider's email like any other."""
+    address = ctx.email.from_address
+    if ctx.sender_verified is not True or not address:
+        return None
+    known, user = ctx.chunk.user(address) if ctx.chunk else (False, None)
+    if not known:
+        user = find_user_by_email(email=address)
+    if user is not None and user.is_active and user.is_staff:
+        return user
+    return None
 
 
 def requester_of(ctx: EmailContext) -> User:
@@ -174,9 +201,17 @@ def apply_email(ctx: EmailContext) -> str:
         )
         outcome = ProcessedEmail.Outcome.CREATED
     else:
-        change_status(ctx)
-        message = log_email(ctx, subject=subject, body=body)
-        signals.message_added.send(sender=Message, message=message, automatic=ctx.is_automatic)
+        agent = verified_agent(ctx)
+        if agent is None:
+            change_status(ctx)
+            message = log_email(ctx, subject=subject, body=body)
+            signals.message_added.send(sender=Message, message=message, automatic=ctx.is_automatic)
+        else:
+            # An agent writing into a record by email is the desk speaking, not the user
+            # responding: no status change, and nothing is relayed to the requester (an
+            # agent who means to answer the requester uses Reply on the record page, which
+            # sends it as the desk's reply). Logged as the agent's own message.
+            log_email(ctx, subject=subject, body=body, author=agent)
         outcome = ProcessedEmail.Outcome.APPENDED
     queue_copy_of_incoming(ctx)
     return outcome
