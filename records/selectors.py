@@ -26,12 +26,12 @@ def is_on_record(*, record: ServiceRecord, address: str) -> bool:
     address = address.strip().lower()
     if not address:
         return False
-    listed = json.dumps(address)
-    emails = Message.objects.filter(record=OuterRef("pk"), is_internal=False).filter(
-        Q(from_address__iexact=address)
-        | Q(to_addresses__icontains=listed)
-        | Q(cc_addresses__icontains=listed)
-    )
+    mentioned = Q(from_address__iexact=address)
+    # SQLite keeps JSON as json.dumps wrote it (non-ASCII escaped), PostgreSQL's jsonb
+    # writes it back unescaped: look for both spellings.
+    for listed in {json.dumps(address), json.dumps(address, ensure_ascii=False)}:
+        mentioned |= Q(to_addresses__icontains=listed) | Q(cc_addresses__icontains=listed)
+    emails = Message.objects.filter(record=OuterRef("pk"), is_internal=False).filter(mentioned)
     staff = User.objects.filter(is_active=True, is_staff=True, email__iexact=address)
     return (
         ServiceRecord.objects.filter(pk=record.pk)

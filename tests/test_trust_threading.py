@@ -27,6 +27,8 @@ from mailworker.outbound.message_ids import (
 from mailworker.outbound.outbox import send_due
 from mailworker.pipeline.passes import run_pass
 from records.models import Message, Quarantine, ServiceRecord, Status
+from records.selectors import is_on_record
+from records.services import add_message, create_record, get_or_create_end_user
 from tests.conftest import ADMIN_PASSWORD
 from tests.mail import make_email
 
@@ -385,3 +387,47 @@ def test_an_address_the_desk_wrote_to_may_answer(desk) -> None:
         make_email(sender="archive@customer.test", subject=f"Re: #{record.pk}", body="noted")
     )
     assert counts["appended"] == 1
+
+
+def test_who_is_on_a_record_is_exact_about_addresses(django_user_model) -> None:
+    """The look-up behind "who may write", on what the message log holds."""
+    jane, _ = get_or_create_end_user(email="Jane@Customer.test", display_name="Jane")
+    record = create_record(title="VPN", description="", requester=jane)
+    add_message(
+        record=record,
+        direction="in",
+        from_address="jane@customer.test",
+        subject="VPN",
+        text_body="",
+        to_addresses=["support@desk.test"],
+        cc_addresses=["zoë@customer.test", "bob@customer.test"],
+    )
+    note = add_message(
+        record=record,
+        direction="in",
+        from_address="mallory@attacker.test",
+        subject="",
+        text_body="",
+    )
+    Message.objects.filter(pk=note.pk).update(is_internal=True, cc_addresses=["eve@x.test"])
+    django_user_model.objects.create_user(username="gone", email="gone@desk.test", is_staff=True)
+    django_user_model.objects.filter(username="gone").update(is_active=False)
+    on = {
+        address: is_on_record(record=record, address=address)
+        for address in (
+            "JANE@customer.test",
+            "Zoë@customer.test",
+            "bob@customer.test",
+            "ob@customer.test",
+            "mbob@customer.test",
+            "mallory@attacker.test",
+            "eve@x.test",
+            "gone@desk.test",
+            "",
+        )
+    }
+    assert [address for address, yes in on.items() if yes] == [
+        "JANE@customer.test",
+        "Zoë@customer.test",
+        "bob@customer.test",
+    ]
