@@ -277,6 +277,17 @@ def test_stranger_number_opens_a_new_record_by_default(desk, responded) -> None:
     assert not any(PHISHING in body_of(m) for m in desk.inbox_of("jane@customer.test"))
 
 
+def test_stranger_number_in_the_body_follows_the_policy_too(desk) -> None:
+    desk.configure(search_body_for_record_number=True, stranger_policy=StrangerPolicy.QUARANTINE)
+    record, _ = open_janes_record(desk)
+    counts = desk.receive(
+        make_email(sender=MALLORY, subject="Mailbox", body=f"About #{record.pk}: {PHISHING}")
+    )
+    assert counts["quarantined"] == 1
+    assert record.messages.filter(direction="in").count() == 1
+    assert len(desk.inbox_of("jane@customer.test")) == 1
+
+
 def test_stranger_number_as_an_internal_note_changes_nothing_and_mails_no_one(
     desk, responded, admin_user
 ) -> None:
