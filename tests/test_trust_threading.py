@@ -120,6 +120,7 @@ def test_signed_ids_refuse_edits_other_keys_and_odd_shapes(settings) -> None:
     assert record_of_signed_message_id(signed.replace("@", "@" + "a" * 400)) is None
     assert record_of_signed_message_id(unsigned_message_id(domain="desk.example")) is None
     assert record_of_signed_message_id("<" + signed + ">") is None
+    assert record_of_signed_message_id(signed.replace("k", "\u212a")) is None  # Kelvin sign
     # Another SECRET_KEY: no longer ours, unless the old key is kept as a fallback.
     settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = "k" * 60, []
     assert record_of_signed_message_id(signed) is None

@@ -3,9 +3,9 @@
 Every email about a record carries the record number in its subject, a Message-ID we
 generate, sign with the record's number (message_ids.py) and store, and In-Reply-To/References
 naming the record's earlier messages, so an answer threads back even when its subject was
-edited. Automatic emails say so
-(Auto-Submitted, X-Auto-Response-Suppress) so auto-responders stay quiet, and every email
-carries our loop header so the desk never takes its own mail for a customer's.
+edited. Automatic emails say so (Auto-Submitted, X-Auto-Response-Suppress) so auto-responders
+stay quiet, and every email carries our loop header so the desk never takes its own mail for
+a customer's.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from django.utils.crypto import constant_time_compare, get_random_string, salted
 KEY_SALT = "servicedesk.mailworker.outbound.message_ids"
 PREFIX = "sd"
 NONCE_CHARS = 16
-NONCE_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"  # 16 of them: about 82 random bits
+NONCE_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"  # 16 of these: about 82 random bits
 MAC_BYTES = 20  # 160 bits, 32 characters of base32
 FALLBACK_DOMAIN = "servicedesk.invalid"
 # Longer than any id we make (with a domain of 253 characters); anything longer is not ours
@@ -75,7 +75,9 @@ def record_of_signed_message_id(value: str) -> int | None:
     to emails sent before a key rotation still thread while the old key is listed there.
     """
     value = value.strip()
-    if len(value) > MAX_SIGNED_ID_CHARS:
+    # ASCII first: str.lower() maps a few other characters onto ASCII letters (the Kelvin
+    # sign onto "k"), and an id of ours has only one spelling besides its uppercase one.
+    if len(value) > MAX_SIGNED_ID_CHARS or not value.isascii():
         return None
     shape = SIGNED_ID.fullmatch(value.lower())
     if shape is None:
