@@ -26,9 +26,13 @@ from django.utils.crypto import constant_time_compare, get_random_string, salted
 
 KEY_SALT = "servicedesk.mailworker.outbound.message_ids"
 PREFIX = "sd"
-NONCE_CHARS = 16
-NONCE_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"  # 16 of these: about 82 random bits
-MAC_BYTES = 20  # 160 bits, 32 characters of base32
+# The random part only makes ids unique (the MAC is what cannot be guessed): 12 of these
+# characters are about 62 random bits. A short id stays on the header's line with a short
+# domain; a longer one is folded onto the next (legal, and what Exchange does with its own).
+NONCE_CHARS = 12
+NONCE_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+MAC_BYTES = 16  # 128 bits, 26 characters of base32 (no padding: 16 bytes make 26 and "======")
+MAC_CHARS = 26
 FALLBACK_DOMAIN = "servicedesk.invalid"
 # Longer than any id we make (with a domain of 253 characters); anything longer is not ours
 # and is not even looked at.
@@ -36,7 +40,7 @@ MAX_SIGNED_ID_CHARS = 340
 # Record numbers as the desk writes them: no sign, no leading zero, at most 12 digits.
 SIGNED_ID = re.compile(
     rf"<{PREFIX}\.(?P<record>[1-9][0-9]{{0,11}})\.(?P<nonce>[a-z0-9]{{{NONCE_CHARS}}})"
-    r"\.(?P<mac>[a-z2-7]{32})@[a-z0-9.-]{1,253}>"
+    rf"\.(?P<mac>[a-z2-7]{{{MAC_CHARS}}})@[a-z0-9.-]{{1,253}}>"
 )
 
 
@@ -50,7 +54,7 @@ def _mac(*, record_id: int, nonce: str, secret: str) -> str:
     digest = salted_hmac(
         KEY_SALT, f"{record_id}.{nonce}", secret=secret, algorithm="sha256"
     ).digest()
-    return base64.b32encode(digest[:MAC_BYTES]).decode("ascii").lower()
+    return base64.b32encode(digest[:MAC_BYTES]).decode("ascii").rstrip("=").lower()
 
 
 def sign_message_id(*, record_id: int, domain: str) -> str:
