@@ -2,26 +2,42 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from integrations.models import EmailIntegration
 from records.models import Message, ServiceRecord, User
 
 
-def record_by_message_ids(*, message_ids: Iterable[str]) -> ServiceRecord | None:
-    """The record whose message log holds one of these Message-IDs (the newest wins)."""
-    ids = [message_id for message_id in message_ids if message_id]
-    if not ids:
-        return None
-    message = (
-        Message.objects.filter(message_id__in=ids[-100:])
-        .select_related("record")
-        .order_by("-id")
-        .first()
+def is_on_record(*, record: ServiceRecord, address: str) -> bool:
+    """Whether `address` may write into `record` by email: its requester, an address one of
+    its emails came from or went to (From, To, Cc of its message log, which holds every
+    email of ours once sent), or an active staff member. One query, bounded by the record's
+    message log.
+
+    Internal notes do not count: they are what people not on the record wrote, and a
+    stranger's first note must not make the stranger (or whoever the stranger put in Cc) a
+    participant. Addresses are compared without regard to case; the lists are JSON, and an
+    address stands in them as its JSON string (quotes included, so "bob@x.test" is not found
+    inside "mbob@x.test").
+    """
+    address = address.strip().lower()
+    if not address:
+        return False
+    mentioned = Q(from_address__iexact=address)
+    # SQLite keeps JSON as json.dumps wrote it (non-ASCII escaped), PostgreSQL's jsonb
+    # writes it back unescaped: look for both spellings.
+    for listed in {json.dumps(address), json.dumps(address, ensure_ascii=False)}:
+        mentioned |= Q(to_addresses__icontains=listed) | Q(cc_addresses__icontains=listed)
+    emails = Message.objects.filter(record=OuterRef("pk"), is_internal=False).filter(mentioned)
+    staff = User.objects.filter(is_active=True, is_staff=True, email__iexact=address)
+    return (
+        ServiceRecord.objects.filter(pk=record.pk)
+        .filter(Q(requester__email__iexact=address) | Exists(emails) | Exists(staff))
+        .exists()
     )
-    return message.record if message else None
 
 
 def existing_records(*, numbers: Iterable[int]) -> dict[int, ServiceRecord]:

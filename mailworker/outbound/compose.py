@@ -1,10 +1,11 @@
 """Composing the emails the desk sends, from the integration's settings.
 
 Every email about a record carries the record number in its subject, a Message-ID we
-generate and store, and In-Reply-To/References naming the record's earlier messages, so an
-answer threads back even when its subject was edited. Automatic emails say so
-(Auto-Submitted, X-Auto-Response-Suppress) so auto-responders stay quiet, and every email
-carries our loop header so the desk never takes its own mail for a customer's.
+generate, sign with the record's number (message_ids.py) and store, and In-Reply-To/References
+naming the record's earlier messages, so an answer threads back even when its subject was
+edited. Automatic emails say so (Auto-Submitted, X-Auto-Response-Suppress) so auto-responders
+stay quiet, and every email carries our loop header so the desk never takes its own mail for
+a customer's.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.policy import compat32
-from email.utils import format_datetime, formataddr, make_msgid, parseaddr
+from email.utils import format_datetime, formataddr, parseaddr
 
 from django.utils import timezone
 
 from integrations.models import ContentType, EmailIntegration, TransferEncoding
 from mailworker.headers import LOOP_HEADER
+from mailworker.outbound.message_ids import sign_message_id, unsigned_message_id
 from servicedesk.control_characters import (
     describe,
     first_control_character,
@@ -81,10 +83,14 @@ def record_subject(*, subject: str, number: int) -> str:
     return SUBJECT_TEMPLATE.format(subject=subject, number=number)
 
 
-def new_message_id(integration: EmailIntegration | None) -> str:
+def new_message_id(integration: EmailIntegration | None, *, record_id: int | None = None) -> str:
+    """Our Message-ID for a new email: signed with its record's number when it is about one
+    (a reply naming it then threads there, see message_ids.py), else one that threads nowhere."""
     address = integration.email_address if integration else ""
-    domain = address.rpartition("@")[2] or "servicedesk.invalid"
-    return make_msgid(domain=domain)
+    domain = address.rpartition("@")[2]
+    if record_id is None:
+        return unsigned_message_id(domain=domain)
+    return sign_message_id(record_id=record_id, domain=domain)
 
 
 # The stdlib's older email API (email.mime, policy compat32) writes the same RFC 5322/MIME

@@ -198,11 +198,12 @@ def _count_queued_automatic(recipient: str) -> None:
 
 def record_thread(record: ServiceRecord) -> tuple[str, list[str]]:
     """(In-Reply-To, References) for a new email about this record: the emails the end user
-    has seen (theirs, and ours to them), not our internal notifications to admins."""
+    has seen (theirs, and ours to them), not our internal notifications to admins, and not
+    internal notes (a non-participant's Message-ID is their words, never sent on)."""
     requester = (record.requester.email or "").lower()
     ids = []
     for direction, message_id, to_addresses in (
-        Message.objects.filter(record=record)
+        Message.objects.filter(record=record, is_internal=False)
         .exclude(message_id="")
         .order_by("created_at", "id")
         .values_list("direction", "message_id", "to_addresses")
@@ -276,7 +277,9 @@ def queue_email(
             # send, so that importing a busy mailbox is not paced by it. What compose()
             # would refuse is refused now, in the caller's transaction.
             check_headers(to=recipients, subject=subject)
-            row.message_id = new_message_id(integration)
+            row.message_id = new_message_id(
+                integration, record_id=record.pk if record is not None else None
+            )
             row.sender_address = integration.email_address
             row.html_body = html
             row.in_reply_to = in_reply_to

@@ -122,6 +122,18 @@ def verified_agent(ctx: EmailContext) -> User | None:
     return None
 
 
+def log_internal_note(ctx: EmailContext, *, subject: str, body: str) -> Message:
+    """An email from someone not on the record (participants.py), kept for staff only: no
+    status change, no message_added event (so no notification: nothing a non-participant
+    wrote is emailed to the requester, nor can a stranger make the desk mail its admins), and
+    the record is not moved up the lists."""
+    # just_opened: the one way log_email leaves the record's update time alone.
+    message = log_email(ctx, subject=subject, body=body, just_opened=True)
+    message.is_internal = True
+    message.save(update_fields=["is_internal"])
+    return message
+
+
 def requester_of(ctx: EmailContext) -> User:
     """The sender's user, created as an end user when new; from the chunk's look-up when it
     has one (one query for all the chunk's senders)."""
@@ -200,6 +212,9 @@ def apply_email(ctx: EmailContext) -> str:
             sender=Message, record=ctx.record, message=message, automatic=ctx.is_automatic
         )
         outcome = ProcessedEmail.Outcome.CREATED
+    elif ctx.as_internal_note:
+        log_internal_note(ctx, subject=subject, body=body)
+        outcome = ProcessedEmail.Outcome.APPENDED
     else:
         agent = verified_agent(ctx)
         if agent is None:
