@@ -1,10 +1,12 @@
 """The Celery app: configured from Django settings (CELERY_*), tasks found in the apps."""
 
+import glob
 import os
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import beat_init, celeryd_init
+from celery.beat import PersistentScheduler
+from celery.signals import celeryd_init
 
 from servicedesk.configuration import PRIVATE_FILE_MODE, keep_new_files_private
 
@@ -22,16 +24,21 @@ def keep_worker_files_private(**_kwargs: object) -> None:
     keep_new_files_private()
 
 
-@beat_init.connect
-def keep_beat_files_private(sender: object = None, **_kwargs: object) -> None:
-    """Beat opens its schedule file just before this signal: narrow it (and the files dbm
-    makes beside it) to 0600, and keep what beat writes later private."""
-    keep_new_files_private()
-    schedule = Path(str(getattr(sender, "schedule_filename", "") or ""))
-    if schedule.name:
-        for path in schedule.parent.glob(f"{schedule.name}*"):
+class PrivatePersistentScheduler(PersistentScheduler):
+    """Beat's file-backed schedule (CELERY_BEAT_SCHEDULER), for the desk's own user only.
+
+    dbm fixes the mode of its files from the umask when it opens them and sets it again on
+    every write, so the umask must be narrowed before the schedule is opened; files an older
+    version left open to others are narrowed too.
+    """
+
+    def setup_schedule(self) -> None:
+        keep_new_files_private()
+        schedule = Path(self.schedule_filename)
+        for path in schedule.parent.glob(f"{glob.escape(schedule.name)}*"):
             if path.is_file():
                 path.chmod(PRIVATE_FILE_MODE)
+        super().setup_schedule()
 
 
 @app.on_after_finalize.connect

@@ -221,6 +221,7 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULER = "servicedesk.celery:PrivatePersistentScheduler"
 # How often beat looks for integrations whose poll interval is up.
 POLL_DISPATCH_SECONDS = env.int("POLL_DISPATCH_SECONDS", default=15)
 # A failing integration's interval doubles per failed pass, up to this.
