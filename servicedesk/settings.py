@@ -85,7 +85,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "csp.middleware.CSPMiddleware",
+    "servicedesk.csp.DeskCSPMiddleware",
     # Last, as django-axes asks: it turns a lockout flagged during the login into its page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -164,7 +164,8 @@ TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 
 # Content-Security-Policy (django-csp) on every response: the pages load script, style and
 # images from the desk only, run no inline script, and may not be framed. The record page adds
-# what sanitised email HTML needs (see records.views); nothing else is relaxed.
+# what sanitised email HTML needs (see records.views); forms may also lead to the OAuth
+# providers' sign-in pages (servicedesk.csp); nothing else is relaxed.
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],

@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from mailworker.services import record_worker_heartbeat
 from servicedesk.configuration import client_address_source, lockout_parameters
+from servicedesk.csp import oauth_sign_in_origins
 from tests.conftest import ADMIN_PASSWORD, PROJECT_ROOT, incoming_imap
 
 WRONG_PASSWORD = "not the password"
@@ -226,7 +227,8 @@ def test_every_page_carries_the_policy_and_the_security_headers(
         assert policy["script-src"] == "'self'", path
         assert policy["object-src"] == "'none'", path
         assert policy["base-uri"] == "'none'", path
-        assert policy["form-action"] == "'self'", path
+        # Forms post to the desk; Connect's redirect goes on to the OAuth sign-in page.
+        assert policy["form-action"].split() == ["'self'", *oauth_sign_in_origins()], path
         assert policy["frame-ancestors"] == "'none'", path
         assert response["X-Content-Type-Options"] == "nosniff", path
         assert response["Referrer-Policy"] == "same-origin", path
@@ -237,6 +239,16 @@ def test_every_page_carries_the_policy_and_the_security_headers(
             assert policy["img-src"] == "'self' data:"
         else:
             assert "unsafe-inline" not in response["Content-Security-Policy"], path
+
+
+@pytest.mark.django_db
+def test_form_targets_are_the_desk_and_the_oauth_sign_in_pages_only(settings) -> None:
+    assert oauth_sign_in_origins() == [
+        "https://accounts.google.com",
+        "https://login.microsoftonline.com",
+    ]
+    settings.OAUTH_MICROSOFT_AUTHORITY_HOST = "https://login.microsoftonline.us/"
+    assert "https://login.microsoftonline.us" in oauth_sign_in_origins()
 
 
 @pytest.mark.django_db
