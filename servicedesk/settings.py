@@ -182,11 +182,17 @@ CONTENT_SECURITY_POLICY = {
 # Login throttling (django-axes): after LOGIN_FAILURE_LIMIT failed logins the same username
 # from the same address is refused for LOGIN_LOCKOUT_MINUTES, before the password is checked.
 # Counting by username and address together means an attacker elsewhere cannot lock a user out
-# of the desk; admins lift a lockout early with `manage.py axes_reset_username NAME` (or
-# axes_reset for all). The failures and lockouts are kept in the database (SQLite or
-# PostgreSQL) and listed in /admin/ under Axes.
+# of the desk. Admins lift a lockout early with `manage.py axes_reset_username NAME`
+# (axes_reset_ip_username, axes_reset for all), or by deleting its row in /admin/ under Axes >
+# Access attempts. The failures are kept in the database (SQLite or PostgreSQL).
 AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
-AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_LOCKOUT_MINUTES", default=15))
+_lockout_minutes = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
+if AXES_FAILURE_LIMIT < 1 or _lockout_minutes < 1:
+    raise ImproperlyConfigured(
+        f"LOGIN_FAILURE_LIMIT={AXES_FAILURE_LIMIT}, LOGIN_LOCKOUT_MINUTES={_lockout_minutes}: "
+        "both must be at least 1 (the defaults are 5 failures and 15 minutes)."
+    )
+AXES_COOLOFF_TIME = timedelta(minutes=_lockout_minutes)
 AXES_LOCKOUT_PARAMETERS = lockout_parameters(env.str("LOGIN_LOCKOUT_BY", default="username+ip"))
 # A successful login forgets the earlier failures of that username and address.
 AXES_RESET_ON_SUCCESS = True

@@ -10,6 +10,7 @@ reporting Content-Security-Policy violations.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import stat
@@ -587,3 +588,23 @@ def test_injected_inline_script_does_not_run(
     assert page.evaluate("() => window.ran") is None
     assert any("script-src-attr" in text for text in violations), violations
     assert any("script-src-elem" in text for text in violations), violations
+
+
+def test_compose_from_the_example_trusts_one_proxy_and_listens_on_loopback(
+    tmp_path: Path,
+) -> None:
+    """The production example: the TLS proxy's X-Forwarded-For counts for login throttling,
+    and the web's port is published on the host's loopback only, so nobody can go around the
+    proxy and write that header themselves."""
+    from tests.test_docker_compose import run_config
+
+    example = (PROJECT_ROOT / ".env.example").read_text()
+    filled = example.replace("SECRET_KEY=\n", "SECRET_KEY=" + "s" * 60 + "\n").replace(
+        "POSTGRES_PASSWORD=\n", "POSTGRES_PASSWORD=pg-secret\n"
+    )
+    result = run_config(tmp_path, filled)
+    assert result.returncode == 0, result.stderr
+    web = json.loads(result.stdout)["services"]["web"]
+    assert web["environment"]["TRUSTED_PROXY_COUNT"] == "1"
+    assert web["environment"]["LOGIN_FAILURE_LIMIT"] == "5"
+    assert [(port["host_ip"], port["target"]) for port in web["ports"]] == [("127.0.0.1", 8000)]
