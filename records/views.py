@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from csp.decorators import csp_update
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -41,6 +42,10 @@ def _get_record(pk: int) -> ServiceRecord:
         raise Http404("No such service record.") from None
 
 
+# The message log shows sanitised email HTML (records.templatetags.records_tags): its style
+# attributes (colours, fonts, tables; no url(), no position) and its embedded data: images.
+# Only attributes: a <style> element and every script stay refused.
+@csp_update({"style-src-attr": ["'unsafe-inline'"], "img-src": ["data:"]})
 def _render_record_page(
     request: HttpRequest,
     record: ServiceRecord,

@@ -1,14 +1,44 @@
 """The Celery app: configured from Django settings (CELERY_*), tasks found in the apps."""
 
+import glob
 import os
+from pathlib import Path
 
 from celery import Celery
+from celery.beat import PersistentScheduler
+from celery.signals import celeryd_init
+
+from servicedesk.configuration import PRIVATE_FILE_MODE, keep_new_files_private
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "servicedesk.settings")
 
 app = Celery("servicedesk")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@celeryd_init.connect
+def keep_worker_files_private(**_kwargs: object) -> None:
+    """The worker writes broker messages and the SQLite database: for the desk's own user
+    only. (Not at import: the test suite imports this module too.)"""
+    keep_new_files_private()
+
+
+class PrivatePersistentScheduler(PersistentScheduler):
+    """Beat's file-backed schedule (CELERY_BEAT_SCHEDULER), for the desk's own user only.
+
+    dbm fixes the mode of its files from the umask when it opens them and sets it again on
+    every write, so the umask must be narrowed before the schedule is opened; files an older
+    version left open to others are narrowed too.
+    """
+
+    def setup_schedule(self) -> None:
+        keep_new_files_private()
+        schedule = Path(self.schedule_filename)
+        for path in schedule.parent.glob(f"{glob.escape(schedule.name)}*"):
+            if path.is_file():
+                path.chmod(PRIVATE_FILE_MODE)
+        super().setup_schedule()
 
 
 @app.on_after_finalize.connect

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import logging
 import os
 import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.core.exceptions import ImproperlyConfigured
 
+logger = logging.getLogger(__name__)
+
 EDITIONS = ("basic", "full", "enterprise")
+# Files the desk writes (the SQLite database, the broker's messages, beat's schedule, uploaded
+# attachments, locks) are for the desk's own user only: new files 0600, new folders 0700.
+PRIVATE_UMASK = 0o077
+PRIVATE_DIRECTORY_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1", "testserver"}
 # Values that appear in examples and must never be used as a real key.
 PLACEHOLDER_SECRET_KEYS = {"", "change-me", "changeme", "secret", "insecure", "django-insecure"}
@@ -38,6 +47,46 @@ def is_public_host(host: str) -> bool:
         return not ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return True
+
+
+def keep_new_files_private() -> None:
+    """Every file and folder this process creates from now on is for its own user only.
+
+    Called first thing by each way the desk starts (manage.py, the WSGI module, Celery's worker
+    and beat), so files written by libraries too (SQLite's journal, kombu's filesystem broker,
+    beat's schedule) are 0600 whatever the umask of the shell or container that started it.
+    """
+    os.umask(PRIVATE_UMASK)
+
+
+def prepare_data_dir(path: Path) -> Path:
+    """DATA_DIR, created 0700; an existing one that others may read is narrowed to 0700.
+
+    The folder's mode protects whatever an older version or another tool left inside with
+    wider modes. A folder this user does not own (a volume prepared by someone else) is left
+    as it is, with a warning that says what to do.
+    """
+    path = path.resolve()
+    path.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        try:
+            path.chmod(PRIVATE_DIRECTORY_MODE)
+        except PermissionError:
+            logger.warning(
+                "DATA_DIR %s has mode %o and cannot be changed by this user: run "
+                "`chmod 700 %s` as its owner so other users cannot read the desk's files.",
+                path,
+                mode,
+                path,
+            )
+    return path
+
+
+def private_subfolder(path: Path) -> Path:
+    """A folder under DATA_DIR for the desk's own user (created 0700 when missing)."""
+    path.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+    return path
 
 
 def load_or_create_local_secret_key(data_dir: Path) -> str:
@@ -182,8 +231,9 @@ def broker_settings(
     queue_folder = folder / "queue"
     processed_folder = folder / "processed"
     control_folder = folder / "control"
+    private_subfolder(folder)
     for path in (queue_folder, processed_folder, control_folder):
-        path.mkdir(parents=True, exist_ok=True)
+        private_subfolder(path)
     return BrokerSettings(
         url="filesystem://",
         transport_options={
@@ -193,4 +243,58 @@ def broker_settings(
             "control_folder": str(control_folder),
             "store_processed": False,
         },
+    )
+
+
+# LOGIN_LOCKOUT_BY: what a run of failed logins locks out. "username+ip" (the default) locks
+# that username from that address only, so an attacker elsewhere cannot lock a user out of the
+# desk; "ip" locks the address for every username; "username" the username from everywhere.
+# Several, comma-separated, lock when any one of them reaches the limit.
+LOCKOUT_KEYS = {"username": "username", "ip": "ip_address"}
+
+
+def lockout_parameters(value: str) -> list[str | list[str]]:
+    """LOGIN_LOCKOUT_BY as django-axes' AXES_LOCKOUT_PARAMETERS."""
+    parameters: list[str | list[str]] = []
+    for alternative in value.split(","):
+        names = [name.strip().lower() for name in alternative.split("+") if name.strip()]
+        if not names or any(name not in LOCKOUT_KEYS for name in names):
+            raise ImproperlyConfigured(
+                f"LOGIN_LOCKOUT_BY={value!r} is not understood: use username+ip (the default), "
+                "ip, username, or several of these separated by commas."
+            )
+        keys = [LOCKOUT_KEYS[name] for name in names]
+        parameters.append(keys[0] if len(keys) == 1 else keys)
+    return parameters
+
+
+@dataclass(frozen=True)
+class ClientAddressSource:
+    """Where django-ipware reads a client's address (django-axes' AXES_IPWARE_* settings)."""
+
+    headers: tuple[str, ...]
+    # ipware counts the proxies listed in X-Forwarded-For after the client; the proxy nearest
+    # to the desk is not listed there (it is REMOTE_ADDR).
+    listed_proxies: int | None
+
+
+def client_address_source(trusted_proxy_count: int) -> ClientAddressSource:
+    """How the desk tells one client from another, for login throttling.
+
+    With no proxy trusted, only the connection's own address counts: an X-Forwarded-For
+    header is the client's own words and would let an attacker choose a new address for every
+    guess. With N proxies in front, each appending the address it saw, the Nth entry from the
+    right of X-Forwarded-For is the one the outermost proxy saw; entries left of it are again
+    the client's own words.
+    """
+    if trusted_proxy_count < 0:
+        raise ImproperlyConfigured(
+            f"TRUSTED_PROXY_COUNT={trusted_proxy_count}: use 0 when clients reach the web "
+            "directly, or the number of reverse proxies in front of it that add to "
+            "X-Forwarded-For (1 for one nginx, Caddy or Traefik)."
+        )
+    if trusted_proxy_count == 0:
+        return ClientAddressSource(headers=("REMOTE_ADDR",), listed_proxies=None)
+    return ClientAddressSource(
+        headers=("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"), listed_proxies=trusted_proxy_count - 1
     )

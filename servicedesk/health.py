@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,6 +20,9 @@ from mailworker.scheduling import oldest_overdue_poll
 
 logger = logging.getLogger(__name__)
 BROKER_TIMEOUT_SECONDS = 3
+# Headers a reverse proxy adds: a request that carries one came from elsewhere, even when the
+# connection itself comes from a proxy on this machine.
+FORWARDING_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,25 @@ def heartbeat_age_seconds() -> float | None:
     return max(0.0, (timezone.now() - latest).total_seconds())
 
 
+def is_direct_loopback_request(request: HttpRequest) -> bool:
+    """True for a caller on this machine talking to the web directly (no proxy in between)."""
+    if any(request.META.get(header) for header in FORWARDING_HEADERS):
+        return False
+    try:
+        return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:
+        return False
+
+
+def may_see_details(request: HttpRequest) -> bool:
+    """Staff, and callers on this machine (see HEALTHZ_DETAILS_FROM_LOOPBACK), see what the
+    desk runs on and which integration is late; anyone else only whether it is well."""
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated and user.is_active and user.is_staff:
+        return True
+    return settings.HEALTHZ_DETAILS_FROM_LOOPBACK and is_direct_loopback_request(request)
+
+
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -94,4 +117,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
             "max_delay_seconds": max_delay,
         },
     }
+    if not may_see_details(request):
+        body = {"status": body["status"]}
     return JsonResponse(body, status=200 if healthy else 503)

@@ -8,17 +8,24 @@ message that names the variable to fix; see `servicedesk.configuration`.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from servicedesk.configuration import (
+    PRIVATE_DIRECTORY_MODE,
+    PRIVATE_FILE_MODE,
     broker_settings,
     check_production_settings,
+    client_address_source,
     database_settings,
     derive_field_encryption_keys,
     load_or_create_local_secret_key,
+    lockout_parameters,
+    prepare_data_dir,
+    private_subfolder,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -28,8 +35,8 @@ env = environ.Env()
 # environment always wins over it.
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "var"))).resolve()
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# The desk's own files: 0700, for the user the desk runs as (see prepare_data_dir).
+DATA_DIR = prepare_data_dir(Path(env.str("DATA_DIR", default=str(BASE_DIR / "var"))))
 
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
@@ -62,6 +69,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
+    "csp",
     "records",
     "integrations",
     "mailworker",
@@ -76,6 +85,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "servicedesk.csp.DeskCSPMiddleware",
+    # Last, as django-axes asks: it turns a lockout flagged during the login into its page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "servicedesk.urls"
@@ -105,6 +117,11 @@ DATABASES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "records.User"
 
+# django-axes checks every login (the desk's and /admin/'s) before the password is compared.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -121,12 +138,15 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
-STATIC_ROOT.mkdir(exist_ok=True)
+STATIC_ROOT = private_subfolder(DATA_DIR / "static")
 STATICFILES_DIRS = [BASE_DIR / "servicedesk" / "static"]
 # The embedded default serves static files without a collectstatic step.
 WHITENOISE_USE_FINDERS = True
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(DATA_DIR / "media")))
+# Attachments are the requesters' documents: readable by the desk's user only, whatever the
+# umask of the process that saves them.
+FILE_UPLOAD_PERMISSIONS = PRIVATE_FILE_MODE
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = PRIVATE_DIRECTORY_MODE
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = True
@@ -137,6 +157,61 @@ SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 if env.bool("BEHIND_TLS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Reverse proxies in front of the web that append the client's address to X-Forwarded-For.
+# 0 (the default): the header is ignored, as a client could write anything into it. Set it
+# only when clients cannot reach the web except through those proxies.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+
+# Content-Security-Policy (django-csp) on every response: the pages load script, style and
+# images from the desk only, run no inline script, and may not be framed. The record page adds
+# what sanitised email HTML needs (see records.views); forms may also lead to the OAuth
+# providers' sign-in pages (servicedesk.csp); nothing else is relaxed.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
+# Login throttling (django-axes): after LOGIN_FAILURE_LIMIT failed logins the same username
+# from the same address is refused for LOGIN_LOCKOUT_MINUTES, before the password is checked.
+# Counting by username and address together means an attacker elsewhere cannot lock a user out
+# of the desk. Admins lift a lockout early with `manage.py axes_reset_username NAME`
+# (axes_reset_ip_username, axes_reset for all), or by deleting its row in /admin/ under Axes >
+# Access attempts. The failures are kept in the database (SQLite or PostgreSQL).
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+_lockout_minutes = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
+if AXES_FAILURE_LIMIT < 1 or _lockout_minutes < 1:
+    raise ImproperlyConfigured(
+        f"LOGIN_FAILURE_LIMIT={AXES_FAILURE_LIMIT}, LOGIN_LOCKOUT_MINUTES={_lockout_minutes}: "
+        "both must be at least 1 (the defaults are 5 failures and 15 minutes)."
+    )
+AXES_COOLOFF_TIME = timedelta(minutes=_lockout_minutes)
+AXES_LOCKOUT_PARAMETERS = lockout_parameters(env.str("LOGIN_LOCKOUT_BY", default="username+ip"))
+# A successful login forgets the earlier failures of that username and address.
+AXES_RESET_ON_SUCCESS = True
+# A try while locked out is refused without being counted, so the time the lockout page names
+# holds; the attacker's further guesses are not even compared with the password.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "servicedesk.views.locked_out"
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+_client_address = client_address_source(TRUSTED_PROXY_COUNT)
+AXES_IPWARE_META_PRECEDENCE_ORDER = _client_address.headers
+AXES_IPWARE_PROXY_COUNT = _client_address.listed_proxies
+# ipware: accept an X-Forwarded-For longer than the trusted proxies (a client's own entries on
+# the left); the address is still taken at the trusted position from the right.
+IPWARE_STRICT = False
+
+# GET /healthz answers every caller with its status; the details (database kind, broker,
+# integration names) go to logged-in staff and, when this is on, to callers on this machine
+# (loopback, with no forwarding header: a container's own health check, ops with curl).
+HEALTHZ_DETAILS_FROM_LOOPBACK = env.bool("HEALTHZ_DETAILS_FROM_LOOPBACK", default=True)
 
 # Celery: the embedded default is kombu's filesystem transport, which needs no server.
 _broker = broker_settings(
@@ -153,6 +228,7 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULER = "servicedesk.celery:PrivatePersistentScheduler"
 # How often beat looks for integrations whose poll interval is up.
 POLL_DISPATCH_SECONDS = env.int("POLL_DISPATCH_SECONDS", default=15)
 # A failing integration's interval doubles per failed pass, up to this.

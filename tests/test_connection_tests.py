@@ -14,7 +14,7 @@ from django.urls import reverse
 
 from mailworker import connection_tests
 from mailworker.headers import LOOP_HEADER
-from tests.conftest import ADMIN_PASSWORD, free_port
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -356,7 +356,7 @@ def test_get_is_not_allowed(admin_client, smtp_integration, url) -> None:
 def test_the_csrf_token_is_required(client, admin_user, smtp_server, smtp_integration) -> None:
     integration = smtp_integration()
     client.handler.enforce_csrf_checks = True
-    client.login(username=admin_user.username, password=ADMIN_PASSWORD)
+    client.force_login(admin_user)
     smtp_server.clear()
 
     response = client.post(outgoing_url(integration), {"to": "jane@customer.test"})
