@@ -145,11 +145,11 @@ def test_a_broken_subject_regex_is_shown_in_the_opened_advanced_part(admin_page:
     page.locator("#id_incoming_server").fill("imap.example.com")
     page.locator("#id_incoming_username").fill("support@example.com")
     page.locator("#id_incoming_password").fill("typed-imap-secret")
-    page.locator("details.advanced summary").click()
+    page.locator("details#advanced summary").click()
     page.locator("#id_ignore_subject_regex").fill("([a-z")
     apply(page)
 
-    expect(page.locator("details.advanced")).to_have_attribute("open", "")
+    expect(page.locator("details#advanced")).to_have_attribute("open", "")
     error = page.locator("#field-ignore_subject_regex p.field-error")
     expect(error).to_be_visible()
     expect(error).to_contain_text("does not compile")
@@ -220,7 +220,7 @@ def test_status_exceptions_are_a_group_named_by_their_label(admin_page: Page) ->
     page = admin_page
     page.goto(NEW)
     page.get_by_role("checkbox", name="Incoming Emails", exact=True).check()
-    page.locator("details.advanced summary").click()
+    page.locator("details#advanced summary").click()
     group = page.get_by_role("group", name="Unless the record's status is")
     expect(group).to_be_visible()
     expect(group.get_by_role("checkbox")).to_have_count(5)
