@@ -74,6 +74,9 @@ class EmailContext:
     as_internal_note: bool = False
     # The flood limit's key ("sender:a@b.test", "domain:b.test") when the email is held.
     flood_key: str = ""
+    # An admin released this email from a flood's quarantine: the flood limit does not hold
+    # it again, and its sender gets no acknowledgement (it may be a forged address).
+    flood_released: bool = False
 
     @property
     def is_automatic(self) -> bool:

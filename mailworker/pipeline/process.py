@@ -22,6 +22,7 @@ from django.db import DatabaseError, IntegrityError, InterfaceError, Operational
 from integrations.models import EmailIntegration
 from mailworker.inbound import InboundEmail
 from mailworker.models import OutboxEmail
+from mailworker.notifications import queue_flood_alert
 from mailworker.outbound.outbox import (
     batch_mark,
     batched_outbox,
@@ -33,6 +34,13 @@ from mailworker.pipeline.apply import apply_email, queue_forward_of_ignored
 from mailworker.pipeline.context import EmailContext, Verdict
 from mailworker.pipeline.filters import run_filters
 from mailworker.pipeline.filters.duplicate_guard import fingerprint
+from mailworker.pipeline.flood_counts import (
+    exempt_domains,
+    flood_keys,
+    floods_held_in_window,
+    keys_counting,
+    source_of,
+)
 from mailworker.pipeline.lookups import (
     ChunkLookups,
     PassLookups,
@@ -97,6 +105,7 @@ def _quarantine(
     reason: str,
     email: InboundEmail | None,
     key: str,
+    flood_key: str = "",
 ) -> ProcessResult:
     Quarantine.objects.create(
         integration=integration,
@@ -105,6 +114,7 @@ def _quarantine(
         from_address=(email.from_address if email else "")[:998],
         subject=(email.subject if email else "")[:998],
         message_id=(email.message_id if email else "")[:998],
+        flood_key=flood_key[:400],
     )
     _mark(email, integration=integration, key=key, outcome=Outcome.QUARANTINED)
     return ProcessResult(Outcome.QUARANTINED, reason=reason)
@@ -124,7 +134,11 @@ def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str) -> ProcessR
         )
         if ctx.chunk is not None and ctx.fingerprint:
             ctx.chunk.note_marker(ctx.fingerprint, marker.pk)
+        if ctx.chunk is not None and outcome == Outcome.CREATED:
+            ctx.chunk.note_new_record(keys_counting(ctx.email.from_address))
         return ProcessResult(outcome, record_id=ctx.record.pk, reason=ctx.matched_by)
+    if verdict.action == "quarantine" and ctx.flood_key:
+        return _hold_flood(ctx, reason=verdict.reason, key=key)
     if verdict.action == "quarantine":
         return _quarantine(
             integration=integration, raw=ctx.raw, reason=verdict.reason, email=ctx.email, key=key
@@ -134,6 +148,30 @@ def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str) -> ProcessR
         queue_forward_of_ignored(ctx, reason=verdict.reason)
     _mark(ctx, integration=integration, key=key, outcome=outcome)
     return ProcessResult(outcome, reason=verdict.reason)
+
+
+def _hold_flood(ctx: EmailContext, *, reason: str, key: str) -> ProcessResult:
+    """Quarantine an email the flood limit holds, marked with its flood's key; the first
+    email held of a flood (within the hour) alerts the admins, the others are only kept."""
+    flood_key = ctx.flood_key
+    known, held = ctx.chunk.flood_held(flood_key) if ctx.chunk else (False, False)
+    if not known:
+        held = flood_key in floods_held_in_window([flood_key])
+    result = _quarantine(
+        integration=ctx.integration,
+        raw=ctx.raw,
+        reason=reason,
+        email=ctx.email,
+        key=key,
+        flood_key=flood_key,
+    )
+    if ctx.chunk is not None:
+        ctx.chunk.note_flood_held(flood_key)
+    if not held:
+        queue_flood_alert(
+            integration=ctx.integration, source=source_of(flood_key), first_reason=reason
+        )
+    return result
 
 
 def queue_size_notice(*, integration: EmailIntegration, email: InboundEmail, limit: int) -> None:
@@ -181,7 +219,9 @@ def process_raw(
     larger than that many bytes: it is quarantined and the sender told."""
     lookups = load_pass_lookups(integration=integration, desk_addresses=desk_addresses)
     (committed,) = process_chunk(
-        integration=integration, emails=[RawEmail(raw, oversized_limit)], lookups=lookups
+        integration=integration,
+        emails=[RawEmail(raw, oversized_limit)],
+        lookups=lookups,
     )
     return committed[0]
 
@@ -194,6 +234,7 @@ def process_chunk(
     max_emails: int | None = None,
     max_seconds: float | None = None,
     parsed: Sequence[Parsed] | None = None,
+    flood_released: bool = False,
 ) -> Iterator[list[ProcessResult]]:
     """Process emails in shared transactions, a savepoint each; yields the results of each
     transaction once it has committed, in order, so the caller acks exactly those.
@@ -204,6 +245,8 @@ def process_chunk(
     nothing of it is yielded, so nothing of it is acked.
 
     `parsed`: the emails parsed already (in a second process, see parse_ahead.py), in order.
+    `flood_released`: an admin released these emails from a flood's quarantine (see
+    EmailContext.flood_released).
     """
     max_emails = max_emails or CHUNK_MAX_EMAILS
     max_seconds = max_seconds or CHUNK_MAX_SECONDS
@@ -218,14 +261,24 @@ def process_chunk(
         results: list[ProcessResult] = []
         deadline = time.monotonic() + max_seconds
         with transaction.atomic(), batched_outbox(desk_addresses=lookups.desk_addresses):
-            chunk = chunk_lookups(parsed[position : position + max_emails])
+            chunk = chunk_lookups(
+                parsed[position : position + max_emails], desk_addresses=lookups.desk_addresses
+            )
             for index in range(position, len(emails)):
                 key = keys[index]
                 if key in done:
                     results.append(ProcessResult(ALREADY_PROCESSED))
                 else:
                     results.append(
-                        _process_one(integration, emails[index], key, lookups, parsed[index], chunk)
+                        _process_one(
+                            integration,
+                            emails[index],
+                            key,
+                            lookups,
+                            parsed[index],
+                            chunk,
+                            flood_released=flood_released,
+                        )
                     )
                     done.add(key)  # the same bytes twice in one chunk: the second is done
                 if len(results) >= max_emails or time.monotonic() > deadline:
@@ -234,13 +287,17 @@ def process_chunk(
         yield results
 
 
-def chunk_lookups(parsed: list[Parsed]) -> ChunkLookups:
+def chunk_lookups(parsed: list[Parsed], *, desk_addresses: frozenset[str]) -> ChunkLookups:
     """Inside the chunk's batched_outbox: the senders' counts against the cap of automatic
     emails are read there too (each new record acknowledges its sender)."""
     emails = [item.email for item in parsed if item.email is not None]
     senders = [email.from_address for email in emails if email.from_address]
     prefetch_automatic_counts(senders)
+    exempt = exempt_domains(desk_addresses)
     return load_chunk_lookups(
+        flood_keys=frozenset(
+            key for sender in senders for key in flood_keys(sender, exempt=exempt)
+        ),
         senders=senders,
         fingerprints=[
             fingerprint(sender=email.from_address, subject=email.subject, body=email.text_body)
@@ -265,6 +322,8 @@ def _process_one(
     lookups: PassLookups,
     parsed: Parsed,
     chunk: ChunkLookups,
+    *,
+    flood_released: bool = False,
 ) -> ProcessResult:
     """One email in its own savepoint of the caller's transaction."""
     raw, oversized_limit = item.raw, item.oversized_limit
@@ -291,6 +350,7 @@ def _process_one(
                 desk_addresses=lookups.desk_addresses,
                 lookups=lookups,
                 chunk=chunk,
+                flood_released=flood_released,
             )
             return _decide(ctx, run_filters(ctx), key=key)
     except IntegrityError:
