@@ -191,7 +191,8 @@ AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR = env.int(
 # writing from many addresses; it never applies to the public webmail domains (thousands of
 # unrelated people share gmail.com), to the domains of the desk's own mailboxes (the
 # company's staff write there all day) or to FLOOD_EXEMPT_DOMAINS (e.g. a large customer).
-# FLOOD_EXEMPT_SENDERS (addresses: monitoring systems) are held by neither limit.
+# FLOOD_EXEMPT_SENDERS (addresses: monitoring systems) are held by neither limit. 0 turns a
+# limit off.
 FLOOD_RECORDS_PER_SENDER_PER_HOUR = env.int("FLOOD_RECORDS_PER_SENDER_PER_HOUR", default=20)
 FLOOD_RECORDS_PER_DOMAIN_PER_HOUR = env.int("FLOOD_RECORDS_PER_DOMAIN_PER_HOUR", default=100)
 FLOOD_EXEMPT_DOMAINS = [
