@@ -93,8 +93,10 @@ def release_flood(*, flood_key: str) -> FloodRelease:
     lookups: dict[int, PassLookups] = {}
     for start in range(0, len(pks), RELEASE_BATCH):
         batch = pks[start : start + RELEASE_BATCH]
-        integrations = EmailIntegration.objects.filter(
-            pk__in=Quarantine.objects.filter(pk__in=batch).values("integration_id")
+        integrations = list(
+            EmailIntegration.objects.filter(
+                pk__in=Quarantine.objects.filter(pk__in=batch).values("integration_id")
+            )
         )
         for integration in integrations:
             if integration.pk not in lookups:
@@ -112,6 +114,9 @@ def release_flood(*, flood_key: str) -> FloodRelease:
                 .order_by("received_at", "pk")
             )
             for integration_id in dict.fromkeys(entry.integration_id for entry in entries):
+                if integration_id not in by_pk:  # deleted meanwhile: the entry stays held
+                    report.left_held += 1
+                    continue
                 group = [entry for entry in entries if entry.integration_id == integration_id]
                 _release_group(
                     group,

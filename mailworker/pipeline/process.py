@@ -219,9 +219,7 @@ def process_raw(
     larger than that many bytes: it is quarantined and the sender told."""
     lookups = load_pass_lookups(integration=integration, desk_addresses=desk_addresses)
     (committed,) = process_chunk(
-        integration=integration,
-        emails=[RawEmail(raw, oversized_limit)],
-        lookups=lookups,
+        integration=integration, emails=[RawEmail(raw, oversized_limit)], lookups=lookups
     )
     return committed[0]
 
