@@ -48,8 +48,14 @@ class OutboxEmail(models.Model):
         related_name="+",
         help_text="The integration the email is about (and, by default, sends it).",
     )
+    # The reverse relation lets the record page list the emails held back about a record
+    # (records reads the outbox through it and never imports the mail engine).
     record = models.ForeignKey(
-        "records.ServiceRecord", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        "records.ServiceRecord",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="outbox_emails",
     )
     to_addresses = models.JSONField(default=list)
     # Automatic emails go one recipient a row, so the per-recipient cap is one indexed count.

@@ -8,6 +8,8 @@ templates in templates/emails/.
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.db.models import Q, QuerySet
 from django.dispatch import receiver
 from django.template.loader import render_to_string
 
@@ -21,6 +23,11 @@ from records.models import Direction, Message, ServiceRecord
 from records.services import DETAIL_LABELS
 
 Kind = OutboxEmail.Kind
+# Admin notifications quote the record (its title, the requester's words): only staff who
+# may open the record in the desk hear about it.
+VIEW_RECORDS = "records.view_servicerecord"
+# A flood alert is about the quarantine: the staff who may look at it hear of it.
+VIEW_QUARANTINE = "records.view_quarantine"
 
 
 def change_lines(
@@ -40,21 +47,42 @@ def admin_addresses(
     choices: NotificationSettings | None = None,
 ) -> list[str]:
     """Who among the admins hears about a record, as NotificationSettings says (`choices`:
-    the settings the caller has already read)."""
+    the settings the caller has already read). Only staff who may view records: an assigned
+    admin or a group member without that permission is skipped, and when nobody is left,
+    every staff member who may view records hears of it."""
     choice = (choices or current_settings()).admin_recipients
     Choice = NotificationSettings.AdminRecipients
+    allowed = batched("staff who may view records", staff_who_may_view_records)
+    by_pk = {user.pk: user for user in allowed}
     users = []
     if choice == Choice.ASSIGNED and record.assigned_admin_id:
-        users = [record.assigned_admin]
+        users = [by_pk[record.assigned_admin_id]] if record.assigned_admin_id in by_pk else []
     elif choice in (Choice.ASSIGNED, Choice.GROUP) and record.group_id:
-        users = list(record.group.members.filter(is_active=True, is_staff=True))
+        members = record.group.members.values_list("pk", flat=True)
+        users = [by_pk[pk] for pk in members if pk in by_pk]
     if not users:
-        users = batched("staff", active_staff)
+        users = allowed
     return [user.email for user in users if user.email and getattr(exclude, "pk", None) != user.pk]
 
 
-def active_staff() -> list:
-    return list(get_user_model().objects.filter(is_active=True, is_staff=True))
+def staff_with_permission(permission: str) -> QuerySet:
+    """Active staff who hold `permission` ("app_label.codename") as Django's ModelBackend
+    grants it: superusers, and users holding it themselves or through one of their groups.
+    One query (subqueries, no join that repeats a user)."""
+    app_label, codename = permission.split(".", 1)
+    User = get_user_model()
+    granted = Permission.objects.filter(content_type__app_label=app_label, codename=codename)
+    own = User.user_permissions.through.objects.filter(permission__in=granted)
+    through_group = User.groups.through.objects.filter(group__permissions__in=granted)
+    return User.objects.filter(is_active=True, is_staff=True).filter(
+        Q(is_superuser=True)
+        | Q(pk__in=own.values("user_id"))
+        | Q(pk__in=through_group.values("user_id"))
+    )
+
+
+def staff_who_may_view_records() -> list:
+    return list(staff_with_permission(VIEW_RECORDS).order_by("pk"))
 
 
 def current_settings() -> NotificationSettings:
@@ -115,14 +143,29 @@ def notify(
     )
 
 
+def may_acknowledge(message: Message | None, *, acknowledge: bool) -> bool:
+    """Whether the requester is told that the record was opened. Not when the sender's
+    address was not verified (DMARC failed at a server the integration trusts: the address
+    may be forged, and the acknowledgement would be backscatter to an innocent), nor when
+    whoever opened the record said not to (an email released from a flood)."""
+    return acknowledge and not (message is not None and message.sender_verified is False)
+
+
 @receiver(signals.record_created)
-def on_record_created(sender, record: ServiceRecord, message=None, automatic=False, **kwargs):
+def on_record_created(
+    sender,
+    record: ServiceRecord,
+    message=None,
+    automatic=False,
+    acknowledge=True,
+    **kwargs,
+):
     if automatic:
         return  # no automatic email answers an auto-reply or a bounce
     choices = current_settings()
     context = {"message": message}
     thread = _Thread.of_new_record(record, message)
-    if choices.end_user_on_created:
+    if choices.end_user_on_created and may_acknowledge(message, acknowledge=acknowledge):
         notify(
             record=record,
             to=requester_address(record),
@@ -212,4 +255,26 @@ def on_agent_replied(sender, message: Message, integration_id: int | None = None
         integration=integration,
         log_message=message,
         automatic=False,
+    )
+
+
+def queue_flood_alert(*, integration: EmailIntegration, source: str, first_reason: str) -> None:
+    """Tell the staff who may see the quarantine that a flood is being held: once per flood
+    (the pipeline calls this for the first email it holds), never once per email."""
+    recipients = [
+        user.email
+        for user in batched(
+            "staff who may view the quarantine",
+            lambda: list(staff_with_permission(VIEW_QUARANTINE).order_by("pk")),
+        )
+        if user.email
+    ]
+    if not recipients:
+        return
+    context = {"integration": integration, "source": source, "reason": first_reason}
+    queue_email(
+        kind=Kind.SYSTEM_ALERT,
+        to=recipients,
+        subject=render_subject("emails/flood_held.subject.txt", context),
+        text=render_text("emails/flood_held.txt", context),
     )

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from django.db import transaction
+from collections import Counter
+from dataclasses import dataclass, field
 
+from django.db import transaction
+from django.db.models import Count, Max, Min, QuerySet
+
+from integrations.models import EmailIntegration
 from integrations.services import addresses_read_by_incoming_integrations
-from mailworker.pipeline.process import ProcessResult, marker_key, process_raw
+from mailworker.pipeline.lookups import PassLookups, load_pass_lookups
+from mailworker.pipeline.process import (
+    ProcessResult,
+    RawEmail,
+    marker_key,
+    process_chunk,
+    process_raw,
+)
 from records.models import ProcessedEmail, Quarantine
+
+# Held emails released per transaction: a flood of thousands commits in steps, each as
+# short as a chunk of a pass, so the web screens are not kept waiting on the write lock.
+RELEASE_BATCH = 100
 
 
 class CannotReprocess(Exception):
@@ -34,3 +50,100 @@ def reprocess_quarantined(*, entry: Quarantine) -> ProcessResult:
 
 def download_filename(entry: Quarantine) -> str:
     return f"quarantine-{entry.pk}.eml"
+
+
+def floods() -> QuerySet:
+    """The floods held in the quarantine, newest first: key, count, first and last held."""
+    return (
+        Quarantine.objects.exclude(flood_key="")
+        .values("flood_key")
+        .annotate(count=Count("pk"), first=Min("received_at"), last=Max("received_at"))
+        .order_by("-last")
+    )
+
+
+@dataclass
+class FloodRelease:
+    """What releasing a flood did: the outcomes of its emails, and how many could not go
+    through the pipeline again (their integration was deleted) and stay held."""
+
+    outcomes: Counter = field(default_factory=Counter)
+    left_held: int = 0
+
+    @property
+    def released(self) -> int:
+        return sum(self.outcomes.values())
+
+
+def release_flood(*, flood_key: str) -> FloodRelease:
+    """Process every email held by this flood as if the flood limit did not apply: each
+    opens its record (or whatever the other filters decide), and no acknowledgement goes
+    to its sender, whose address a flood may well have forged."""
+    report = FloodRelease()
+    if not flood_key:
+        return report
+    held = Quarantine.objects.filter(flood_key=flood_key)
+    report.left_held = held.filter(integration__isnull=True).count()
+    pks = list(
+        held.filter(integration__isnull=False)
+        .order_by("received_at", "pk")
+        .values_list("pk", flat=True)
+    )
+    desk_addresses = frozenset(addresses_read_by_incoming_integrations())
+    lookups: dict[int, PassLookups] = {}
+    for start in range(0, len(pks), RELEASE_BATCH):
+        batch = pks[start : start + RELEASE_BATCH]
+        integrations = list(
+            EmailIntegration.objects.filter(
+                pk__in=Quarantine.objects.filter(pk__in=batch).values("integration_id")
+            )
+        )
+        for integration in integrations:
+            if integration.pk not in lookups:
+                # Outside the transaction: it may create the default statuses.
+                lookups[integration.pk] = load_pass_lookups(
+                    integration=integration, desk_addresses=desk_addresses
+                )
+        by_pk = {integration.pk: integration for integration in integrations}
+        with transaction.atomic():
+            # Locked, and read again: an admin releasing the same flood at the same moment
+            # waits here and then finds these gone.
+            entries = list(
+                Quarantine.objects.select_for_update()
+                .filter(pk__in=batch, flood_key=flood_key)
+                .order_by("received_at", "pk")
+            )
+            for integration_id in dict.fromkeys(entry.integration_id for entry in entries):
+                if integration_id not in by_pk:  # deleted meanwhile: the entry stays held
+                    report.left_held += 1
+                    continue
+                group = [entry for entry in entries if entry.integration_id == integration_id]
+                _release_group(
+                    group,
+                    integration=by_pk[integration_id],
+                    lookups=lookups[integration_id],
+                    report=report,
+                )
+    return report
+
+
+def _release_group(
+    entries: list[Quarantine],
+    *,
+    integration: EmailIntegration,
+    lookups: PassLookups,
+    report: FloodRelease,
+) -> None:
+    raws = [bytes(entry.raw_email) for entry in entries]
+    ProcessedEmail.objects.filter(
+        integration=integration, key__in=[marker_key(raw) for raw in raws]
+    ).delete()
+    Quarantine.objects.filter(pk__in=[entry.pk for entry in entries]).delete()
+    for results in process_chunk(
+        integration=integration,
+        emails=[RawEmail(raw) for raw in raws],
+        lookups=lookups,
+        max_emails=len(raws),
+        flood_released=True,
+    ):
+        report.outcomes.update(result.outcome for result in results)

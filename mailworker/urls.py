@@ -9,4 +9,5 @@ urlpatterns = [
     path("<int:pk>/download/", views.QuarantineDownloadView.as_view(), name="download"),
     path("<int:pk>/reprocess/", views.QuarantineReprocessView.as_view(), name="reprocess"),
     path("<int:pk>/delete/", views.QuarantineDeleteView.as_view(), name="delete"),
+    path("floods/release/", views.QuarantineReleaseFloodView.as_view(), name="release-flood"),
 ]

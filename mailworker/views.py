@@ -12,7 +12,13 @@ from django.views.generic import ListView
 
 from integrations.views import StaffPermissionRequiredMixin
 from mailworker.parsing import parse_email
-from mailworker.quarantine import CannotReprocess, download_filename, reprocess_quarantined
+from mailworker.quarantine import (
+    CannotReprocess,
+    download_filename,
+    floods,
+    release_flood,
+    reprocess_quarantined,
+)
 from records.models import Quarantine
 
 
@@ -23,7 +29,16 @@ class QuarantineListView(StaffPermissionRequiredMixin, ListView):
     paginate_by = 50
 
     def get_queryset(self):
-        return Quarantine.objects.select_related("integration").defer("raw_email")
+        """The emails of one flood (?flood=<key>), else every email held for another
+        reason: a flood of hundreds shows as one line of the floods table instead."""
+        entries = Quarantine.objects.select_related("integration").defer("raw_email")
+        return entries.filter(flood_key=self.request.GET.get("flood", ""))
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        context["floods"] = floods()
+        context["flood"] = self.request.GET.get("flood", "")
+        return context
 
 
 class QuarantineDetailView(StaffPermissionRequiredMixin, View):
@@ -67,4 +82,23 @@ class QuarantineDeleteView(StaffPermissionRequiredMixin, View):
     def post(self, request: HttpRequest, pk: int) -> HttpResponse:
         get_object_or_404(Quarantine, pk=pk).delete()
         messages.success(request, "Quarantined email deleted.")
+        return redirect("quarantine:list")
+
+
+class QuarantineReleaseFloodView(StaffPermissionRequiredMixin, View):
+    """Release all: every email a flood holds opens its record, unacknowledged."""
+
+    permission_required = "records.change_quarantine"
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        flood_key = request.POST.get("flood_key", "")
+        if not Quarantine.objects.filter(flood_key=flood_key).exclude(flood_key="").exists():
+            messages.error(request, "That flood is no longer in the quarantine.")
+            return redirect("quarantine:list")
+        report = release_flood(flood_key=flood_key)
+        outcomes = ", ".join(f"{count} {outcome}" for outcome, count in report.outcomes.items())
+        text = f"Released {report.released} emails of the flood: {outcomes or 'none'}."
+        if report.left_held:
+            text += f" {report.left_held} stay held: their integration was deleted."
+        messages.success(request, text)
         return redirect("quarantine:list")

@@ -107,6 +107,20 @@ def message_log(*, record: ServiceRecord) -> QuerySet[Message]:
     )
 
 
+def suppressed_emails(*, record: ServiceRecord) -> list:
+    """The emails the desk held back about this record (the outbox's guards, e.g. the cap
+    on automatic emails to an outside address), oldest first, each with its reason. The
+    outbox belongs to the mail engine, which records never imports: it is read through its
+    reverse relation, there whenever the mail engine is installed."""
+    if not hasattr(ServiceRecord, "outbox_emails"):
+        return []
+    return list(
+        record.outbox_emails.filter(state="suppressed")
+        .only("pk", "created_at", "kind", "to_addresses", "subject", "last_error", "record_id")
+        .order_by("created_at", "pk")
+    )
+
+
 def agents() -> QuerySet[User]:
     """Staff who can be assigned a record."""
     return User.objects.filter(is_staff=True, is_active=True).order_by(

@@ -5,7 +5,8 @@ transaction of the change, so what a receiver writes (the outbox) commits with i
 
 from django.dispatch import Signal
 
-# record: ServiceRecord; message: the first Message or None; automatic: bool
+# record: ServiceRecord; message: the first Message or None; automatic: bool; acknowledge:
+# bool, False when the requester must not be told (an unverified or flooding sender)
 record_created = Signal()
 # message: an incoming Message added to an existing record's log; automatic: bool (an
 # auto-reply or a bounce, which never triggers a notification)

@@ -57,6 +57,7 @@ def _render_record_page(
     context: dict[str, Any] = {
         "record": record,
         "log": selectors.message_log(record=record),
+        "suppressed_emails": selectors.suppressed_emails(record=record),
         "can_change": request.user.has_perm("records.change_servicerecord"),
         "reply_form": reply_form or ReplyForm(record=record),
         "details_form": details_form or RecordDetailsForm(record=record),

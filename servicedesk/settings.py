@@ -261,6 +261,26 @@ MAX_INCOMING_EMAIL_BYTES = env.int("MAX_INCOMING_EMAIL_BYTES", default=25 * 1024
 AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR = env.int(
     "AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR", default=10
 )
+# Flood limit: new records one sender address, and one sender domain, may open within an
+# hour; the emails beyond are held in quarantine as one flood ("flood from X") with one alert
+# to admins, and released from the quarantine screen. The domain limit stops one attacker
+# writing from many addresses; it never applies to the public webmail domains (thousands of
+# unrelated people share gmail.com), to the domains of the desk's own mailboxes (the
+# company's staff write there all day) or to FLOOD_EXEMPT_DOMAINS (e.g. a large customer).
+# FLOOD_EXEMPT_SENDERS (addresses: monitoring systems) are held by neither limit. 0 turns a
+# limit off.
+FLOOD_RECORDS_PER_SENDER_PER_HOUR = env.int("FLOOD_RECORDS_PER_SENDER_PER_HOUR", default=20)
+FLOOD_RECORDS_PER_DOMAIN_PER_HOUR = env.int("FLOOD_RECORDS_PER_DOMAIN_PER_HOUR", default=100)
+FLOOD_EXEMPT_DOMAINS = [
+    domain.strip().lower()
+    for domain in env.list("FLOOD_EXEMPT_DOMAINS", default=[])
+    if domain.strip()
+]
+FLOOD_EXEMPT_SENDERS = [
+    address.strip().lower()
+    for address in env.list("FLOOD_EXEMPT_SENDERS", default=[])
+    if address.strip()
+]
 # Failed passes (or sends) in a row after which admins get one alert about an integration.
 INTEGRATION_FAILURES_BEFORE_ALERT = env.int("INTEGRATION_FAILURES_BEFORE_ALERT", default=3)
 OUTBOX_SEND_SECONDS = env.int("OUTBOX_SEND_SECONDS", default=30)

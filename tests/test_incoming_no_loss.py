@@ -82,7 +82,11 @@ def test_one_poison_email_among_50_leaves_50_records_and_one_quarantine(
     dovecot, dovecot_integration, monkeypatch
 ):
     integration = dovecot_integration(protocol="imap", encryption="ssl")
-    raws = [make_email(subject=f"Request {n}", body=f"Body {n}") for n in range(50)]
+    # From 50 people: one sender's 50 new records within an hour would be a flood.
+    raws = [
+        make_email(sender=f"user{n}@customer.test", subject=f"Request {n}", body=f"Body {n}")
+        for n in range(50)
+    ]
     raws.insert(17, make_email(subject="POISON", body="this one breaks the code"))
     dovecot.deliver(integration.incoming_username, raws)
     real_open_record = apply_module.open_record

@@ -9,6 +9,7 @@ from datetime import timedelta
 from email.policy import default as default_policy
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from integrations.models import EmailIntegration
@@ -386,6 +387,10 @@ def test_change_notifications_name_fields_and_spare_the_end_user_staff_details(
     smtp_integration(encryption="tls")
     agent = django_user_model.objects.create_user(
         username="agent", email="agent@desk.test", is_staff=True
+    )
+    # An agent who works records (admin notifications go only to staff who may view them).
+    agent.user_permissions.add(
+        Permission.objects.get(content_type__app_label="records", codename="view_servicerecord")
     )
     record = a_record()
     OutboxEmail.objects.all().delete()

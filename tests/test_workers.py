@@ -26,9 +26,11 @@ POLL = "mailworker.tasks.poll_integration"
 
 
 def numbered_emails(count: int, prefix: str, *, start: int = 0) -> list[bytes]:
+    """Ordinary mail from many people of many companies: no sender and no domain opens
+    more records within the hour than the flood limit allows (20 and 100)."""
     return [
         make_email(
-            sender=f"User {n} <user{n}@customer.test>",
+            sender=f"User {n} <user{n}@customer{n % 50}.test>",
             subject=f"{prefix} {n:04d}",
             body=f"Email number {n}.",
         )

@@ -4,7 +4,10 @@ known at once), and sent by a Celery task after the commit.
 
 Guards, applied when queueing: never to an address one of our incoming integrations reads
 (the desk would mail itself), and at most AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR automatic
-emails to one address an hour (loops with auto-responders stop there).
+emails to one address outside the desk an hour (loops with auto-responders stop there). The
+cap protects outsiders, never the team: it does not apply to active staff's addresses, nor
+to forwarded ignored emails and copies of incoming emails (whose recipients an admin chose),
+or else one outsider opening records fast would silence every notification to the agents.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
@@ -32,6 +36,10 @@ from records.services import add_message
 
 logger = logging.getLogger(__name__)
 State = OutboxEmail.State
+Kind = OutboxEmail.Kind
+# Kinds that are never capped nor counted against the cap: their recipients are the desk's
+# own choice (Settings > Email), and they must not vanish because someone else is loud.
+UNCAPPED_KINDS = frozenset({Kind.FORWARD_IGNORED, Kind.COPY_INCOMING})
 MAX_ATTEMPTS = 10
 CLAIM_TIMEOUT = timedelta(minutes=10)  # a row "sending" longer than this lost its worker
 SEND_CHUNK = 50  # envelopes per SMTP connection; results are committed after each chunk
@@ -145,6 +153,24 @@ def split_recipients(recipients: Sequence[str]) -> tuple[list[str], list[str]]:
     return kept, removed
 
 
+STAFF_ADDRESSES = "staff addresses"
+
+
+def _staff_addresses() -> frozenset[str]:
+    """The lowercased addresses of active staff, read once per batch."""
+    users = get_user_model().objects.filter(Q(is_staff=True) | Q(is_superuser=True))
+    addresses = users.filter(is_active=True).exclude(email="").values_list("email", flat=True)
+    return frozenset(address.strip().lower() for address in addresses)
+
+
+def capped(*, kind: str, recipient: str) -> bool:
+    """Whether the cap on automatic emails applies to this email: only to addresses outside
+    the desk, and never to the kinds an admin routed on purpose."""
+    if kind in UNCAPPED_KINDS:
+        return False
+    return recipient.strip().lower() not in batched(STAFF_ADDRESSES, _staff_addresses)
+
+
 def over_automatic_cap(recipient: str) -> bool:
     return _automatic_count(recipient.lower()) >= settings.AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR
 
@@ -165,8 +191,10 @@ def _automatic_count(recipient: str) -> int:
 
 def _counted_against_cap():
     since = timezone.now() - timedelta(hours=1)
-    return OutboxEmail.objects.filter(is_automatic=True, created_at__gte=since).exclude(
-        state=State.SUPPRESSED
+    return (
+        OutboxEmail.objects.filter(is_automatic=True, created_at__gte=since)
+        .exclude(state=State.SUPPRESSED)
+        .exclude(kind__in=UNCAPPED_KINDS)
     )
 
 
@@ -247,6 +275,7 @@ def queue_email(
     # Automatic emails go one recipient a row: the cap counts per recipient.
     groups = [[address] for address in kept] if automatic else [kept]
     for recipients in groups:
+        counted = automatic and capped(kind=kind, recipient=recipients[0])
         row = OutboxEmail(
             kind=kind,
             integration=integration,
@@ -266,11 +295,12 @@ def queue_email(
                 "No integration can send email: turn on Outgoing Emails on the default "
                 "integration (Settings > Email)."
             )
-        elif automatic and over_automatic_cap(recipients[0]):
+        elif counted and over_automatic_cap(recipients[0]):
             row.state = State.SUPPRESSED
             row.last_error = (
-                f"more than {settings.AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR} automatic emails "
-                f"to {recipients[0]} within an hour (a loop with an auto-responder?)"
+                f"Not sent: {settings.AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR} automatic emails "
+                f"went to {recipients[0]} within the hour already, the most an address outside "
+                "the desk gets (a loop with an auto-responder, or a flood?)"
             )
         else:
             # Composing takes milliseconds (the stdlib's header folding): it waits for the
@@ -284,7 +314,7 @@ def queue_email(
             row.html_body = html
             row.in_reply_to = in_reply_to
             row.references = list(references)
-        if automatic and row.state != State.SUPPRESSED:
+        if counted and row.state != State.SUPPRESSED:
             _count_queued_automatic(row.recipient)
         _save_row(row)
         result.rows.append(row)

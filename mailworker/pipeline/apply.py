@@ -202,6 +202,13 @@ def queue_copy_of_incoming(ctx: EmailContext) -> None:
         )
 
 
+def may_acknowledge_sender(ctx: EmailContext) -> bool:
+    """No acknowledgement to a sender who may not be who the email says (DMARC failed at a
+    server the integration trusts) or to a flood released by an admin: the address may be
+    forged, and the desk would mail an innocent (backscatter)."""
+    return not ctx.flood_released and ctx.sender_verified is not False
+
+
 def apply_email(ctx: EmailContext) -> str:
     """Create or update; returns the processed outcome."""
     subject, body = cleaned_subject_and_body(ctx)
@@ -209,7 +216,11 @@ def apply_email(ctx: EmailContext) -> str:
         open_record(ctx, subject=subject, body=body)
         message = log_email(ctx, subject=subject, body=body, just_opened=True)
         signals.record_created.send(
-            sender=Message, record=ctx.record, message=message, automatic=ctx.is_automatic
+            sender=Message,
+            record=ctx.record,
+            message=message,
+            automatic=ctx.is_automatic,
+            acknowledge=may_acknowledge_sender(ctx),
         )
         outcome = ProcessedEmail.Outcome.CREATED
     elif ctx.as_internal_note:

@@ -78,6 +78,9 @@ class EmailContext:
     # What the email rules decided, evaluated before the write transaction (process.py);
     # None: not evaluated yet, open_record evaluates them itself.
     rule_outcome: RuleOutcome | None = None
+    # An admin released this email from a flood's quarantine: the flood limit does not hold
+    # it again, and its sender gets no acknowledgement (it may be a forged address).
+    flood_released: bool = False
 
     @property
     def is_automatic(self) -> bool:

@@ -13,6 +13,7 @@ from django.db.models import Max
 
 from integrations.models import EmailIntegration
 from integrations.services import addresses_read_by_incoming_integrations
+from mailworker.pipeline.flood_counts import floods_held_in_window, new_records_in_window
 from records.email_rules import active_email_rules
 from records.models import EmailRule, ProcessedEmail, Status, User
 from records.services import default_new_status, find_users_by_email
@@ -57,6 +58,11 @@ class ChunkLookups:
     addresses: frozenset[str] = frozenset()  # the addresses `users` answers for
     newest_markers: dict[str, int] = field(default_factory=dict)  # fingerprint -> marker id
     fingerprints: frozenset[str] = frozenset()  # the fingerprints `newest_markers` answers for
+    # Flood limit: records opened within the hour per flood key ("sender:…", "domain:…"),
+    # kept up to date as the chunk opens records, and the keys with an email held already.
+    new_records: dict[str, int] = field(default_factory=dict)
+    floods_held: set[str] = field(default_factory=set)
+    flood_keys: frozenset[str] = frozenset()  # the keys the two above answer for
     valid: bool = True
 
     def user(self, address: str) -> tuple[bool, User | None]:
@@ -79,14 +85,41 @@ class ChunkLookups:
         if self.valid and fingerprint in self.fingerprints:
             self.newest_markers[fingerprint] = marker_id
 
+    def new_records_for(self, key: str) -> tuple[bool, int]:
+        """(known, records opened within the hour) for a flood key."""
+        if not self.valid or key not in self.flood_keys:
+            return False, 0
+        return True, self.new_records.get(key, 0)
+
+    def note_new_record(self, keys: list[str]) -> None:
+        """A record was opened in this chunk: it counts towards these keys from now on."""
+        if self.valid:
+            for key in keys:
+                if key in self.new_records:
+                    self.new_records[key] += 1
+
+    def flood_held(self, key: str) -> tuple[bool, bool]:
+        """(known, whether an email of this flood is held within the hour already)."""
+        if not self.valid or key not in self.flood_keys:
+            return False, False
+        return True, key in self.floods_held
+
+    def note_flood_held(self, key: str) -> None:
+        if self.valid:
+            self.floods_held.add(key)
+
     def forget(self) -> None:
         self.valid = False
         self.users.clear()
         self.newest_markers.clear()
+        self.new_records.clear()
+        self.floods_held.clear()
 
 
-def load_chunk_lookups(*, senders: list[str], fingerprints: list[str]) -> ChunkLookups:
-    """Two queries for a chunk's emails, instead of one or two an email."""
+def load_chunk_lookups(
+    *, senders: list[str], fingerprints: list[str], flood_keys: frozenset[str] = frozenset()
+) -> ChunkLookups:
+    """Four queries for a chunk's emails, instead of one or two an email each."""
     wanted = frozenset(fingerprint for fingerprint in fingerprints if fingerprint)
     newest = (
         ProcessedEmail.objects.filter(fingerprint__in=wanted)
@@ -99,4 +132,7 @@ def load_chunk_lookups(*, senders: list[str], fingerprints: list[str]) -> ChunkL
         addresses=frozenset(sender.strip().lower() for sender in senders if sender.strip()),
         newest_markers=dict(newest) if wanted else {},
         fingerprints=wanted,
+        new_records=new_records_in_window(flood_keys),
+        floods_held=floods_held_in_window(flood_keys),
+        flood_keys=flood_keys,
     )

@@ -22,6 +22,7 @@ from django.db import DatabaseError, IntegrityError, InterfaceError, Operational
 from integrations.models import EmailIntegration
 from mailworker.inbound import InboundEmail
 from mailworker.models import OutboxEmail
+from mailworker.notifications import queue_flood_alert
 from mailworker.outbound.outbox import (
     batch_mark,
     batched_outbox,
@@ -33,6 +34,13 @@ from mailworker.pipeline.apply import apply_email, evaluate_rules_for, queue_for
 from mailworker.pipeline.context import EmailContext, Verdict
 from mailworker.pipeline.filters import run_filters
 from mailworker.pipeline.filters.duplicate_guard import fingerprint
+from mailworker.pipeline.flood_counts import (
+    exempt_domains,
+    flood_keys,
+    floods_held_in_window,
+    keys_counting,
+    source_of,
+)
 from mailworker.pipeline.lookups import (
     ChunkLookups,
     PassLookups,
@@ -98,6 +106,7 @@ def _quarantine(
     reason: str,
     email: InboundEmail | None,
     key: str,
+    flood_key: str = "",
 ) -> ProcessResult:
     Quarantine.objects.create(
         integration=integration,
@@ -106,6 +115,7 @@ def _quarantine(
         from_address=(email.from_address if email else "")[:998],
         subject=(email.subject if email else "")[:998],
         message_id=(email.message_id if email else "")[:998],
+        flood_key=flood_key[:400],
     )
     _mark(email, integration=integration, key=key, outcome=Outcome.QUARANTINED)
     return ProcessResult(Outcome.QUARANTINED, reason=reason)
@@ -125,7 +135,11 @@ def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str) -> ProcessR
         )
         if ctx.chunk is not None and ctx.fingerprint:
             ctx.chunk.note_marker(ctx.fingerprint, marker.pk)
+        if ctx.chunk is not None and outcome == Outcome.CREATED:
+            ctx.chunk.note_new_record(keys_counting(ctx.email.from_address))
         return ProcessResult(outcome, record_id=ctx.record.pk, reason=ctx.matched_by)
+    if verdict.action == "quarantine" and ctx.flood_key:
+        return _hold_flood(ctx, reason=verdict.reason, key=key)
     if verdict.action == "quarantine":
         return _quarantine(
             integration=integration, raw=ctx.raw, reason=verdict.reason, email=ctx.email, key=key
@@ -135,6 +149,30 @@ def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str) -> ProcessR
         queue_forward_of_ignored(ctx, reason=verdict.reason)
     _mark(ctx, integration=integration, key=key, outcome=outcome)
     return ProcessResult(outcome, reason=verdict.reason)
+
+
+def _hold_flood(ctx: EmailContext, *, reason: str, key: str) -> ProcessResult:
+    """Quarantine an email the flood limit holds, marked with its flood's key; the first
+    email held of a flood (within the hour) alerts the admins, the others are only kept."""
+    flood_key = ctx.flood_key
+    known, held = ctx.chunk.flood_held(flood_key) if ctx.chunk else (False, False)
+    if not known:
+        held = flood_key in floods_held_in_window([flood_key])
+    result = _quarantine(
+        integration=ctx.integration,
+        raw=ctx.raw,
+        reason=reason,
+        email=ctx.email,
+        key=key,
+        flood_key=flood_key,
+    )
+    if ctx.chunk is not None:
+        ctx.chunk.note_flood_held(flood_key)
+    if not held:
+        queue_flood_alert(
+            integration=ctx.integration, source=source_of(flood_key), first_reason=reason
+        )
+    return result
 
 
 def queue_size_notice(*, integration: EmailIntegration, email: InboundEmail, limit: int) -> None:
@@ -195,6 +233,7 @@ def process_chunk(
     max_emails: int | None = None,
     max_seconds: float | None = None,
     parsed: Sequence[Parsed] | None = None,
+    flood_released: bool = False,
 ) -> Iterator[list[ProcessResult]]:
     """Process emails in shared transactions, a savepoint each; yields the results of each
     transaction once it has committed, in order, so the caller acks exactly those.
@@ -205,6 +244,8 @@ def process_chunk(
     nothing of it is yielded, so nothing of it is acked.
 
     `parsed`: the emails parsed already (in a second process, see parse_ahead.py), in order.
+    `flood_released`: an admin released these emails from a flood's quarantine (see
+    EmailContext.flood_released).
     """
     max_emails = max_emails or CHUNK_MAX_EMAILS
     max_seconds = max_seconds or CHUNK_MAX_SECONDS
@@ -223,7 +264,9 @@ def process_chunk(
         results: list[ProcessResult] = []
         deadline = time.monotonic() + max_seconds
         with transaction.atomic(), batched_outbox(desk_addresses=lookups.desk_addresses):
-            chunk = chunk_lookups(parsed[position : position + max_emails])
+            chunk = chunk_lookups(
+                parsed[position : position + max_emails], desk_addresses=lookups.desk_addresses
+            )
             for index in range(position, len(emails)):
                 key = keys[index]
                 if key in done:
@@ -238,6 +281,7 @@ def process_chunk(
                             parsed[index],
                             chunk,
                             rule_outcome=outcomes[index],
+                            flood_released=flood_released,
                         )
                     )
                     done.add(key)  # the same bytes twice in one chunk: the second is done
@@ -265,13 +309,17 @@ def rule_outcome_of(
         return None
 
 
-def chunk_lookups(parsed: list[Parsed]) -> ChunkLookups:
+def chunk_lookups(parsed: list[Parsed], *, desk_addresses: frozenset[str]) -> ChunkLookups:
     """Inside the chunk's batched_outbox: the senders' counts against the cap of automatic
     emails are read there too (each new record acknowledges its sender)."""
     emails = [item.email for item in parsed if item.email is not None]
     senders = [email.from_address for email in emails if email.from_address]
     prefetch_automatic_counts(senders)
+    exempt = exempt_domains(desk_addresses)
     return load_chunk_lookups(
+        flood_keys=frozenset(
+            key for sender in senders for key in flood_keys(sender, exempt=exempt)
+        ),
         senders=senders,
         fingerprints=[
             fingerprint(sender=email.from_address, subject=email.subject, body=email.text_body)
@@ -298,6 +346,7 @@ def _process_one(
     chunk: ChunkLookups,
     *,
     rule_outcome: RuleOutcome | None = None,
+    flood_released: bool = False,
 ) -> ProcessResult:
     """One email in its own savepoint of the caller's transaction."""
     raw, oversized_limit = item.raw, item.oversized_limit
@@ -325,6 +374,7 @@ def _process_one(
                 lookups=lookups,
                 chunk=chunk,
                 rule_outcome=rule_outcome,
+                flood_released=flood_released,
             )
             return _decide(ctx, run_filters(ctx), key=key)
     except IntegrityError:
