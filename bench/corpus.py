@@ -27,8 +27,8 @@ TEXT = (
 )
 
 
-def _base(n: int, *, subject: str) -> EmailMessage:
-    sender = n % SENDERS
+def _base(n: int, *, subject: str, sender: int | None = None) -> EmailMessage:
+    sender = n % SENDERS if sender is None else sender
     message = EmailMessage()
     message["From"] = f"User {sender} <user{sender}@customer.test>"
     message["To"] = "support@desk.test"
@@ -67,8 +67,9 @@ def attachment_email(n: int, *, size: int = 100 * 1024, content: bytes | None = 
     return message.as_bytes(policy=SMTP)
 
 
-def reply_email(n: int, *, record_number: int) -> EmailMessage:
-    message = _base(n, subject=f"Re: Printer problem #{record_number}")
+def reply_email(n: int, *, record_number: int, sender: int) -> EmailMessage:
+    """A reply by the record's requester (anyone else's "#N" would open a record of its own)."""
+    message = _base(n, subject=f"Re: Printer problem #{record_number}", sender=sender)
     message.set_content(f"Still broken, see #{record_number}. Reply {n}.\n")
     return message
 
@@ -80,15 +81,15 @@ def mixed_mailbox(count: int, *, seed: int = 7) -> list[bytes]:
     chooser = random.Random(seed)
     kinds = ["plain"] * 6 + ["html"] * 2 + ["attachment", "reply"]
     raws: list[bytes] = []
-    opened = 0
+    requesters: list[int] = []  # the sender of each record, by record number - 1
     for n in range(count):
-        kind = chooser.choice(kinds) if opened else "plain"
+        kind = chooser.choice(kinds) if requesters else "plain"
         if kind == "reply":
-            raws.append(
-                reply_email(n, record_number=chooser.randint(1, opened)).as_bytes(policy=SMTP)
-            )
+            number = chooser.randint(1, len(requesters))
+            reply = reply_email(n, record_number=number, sender=requesters[number - 1])
+            raws.append(reply.as_bytes(policy=SMTP))
             continue
-        opened += 1
+        requesters.append(n % SENDERS)
         if kind == "plain":
             raws.append(plain_email(n).as_bytes(policy=SMTP))
         elif kind == "html":
