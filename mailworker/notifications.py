@@ -199,7 +199,9 @@ def on_message_added(sender, message: Message, automatic=False, **kwargs):
             context=context,
             thread=thread,
         )
-    if choices.end_user_on_updated:
+    # The update quotes the message: never relay words whose sender a trusted server said
+    # was forged (DMARC failed), however the address made it onto the record.
+    if choices.end_user_on_updated and message.sender_verified is not False:
         notify(
             record=record,
             to=requester_address(record),

@@ -453,9 +453,14 @@ def test_a_verified_email_from_an_inactive_staff_user_is_an_outsiders(
         )
     )
 
-    assert Message.objects.get(message_id=message_id).author is None
+    message = Message.objects.get(message_id=message_id)
+    assert message.author is None
+    # No longer staff, and not on Jane's record: the integration's stranger policy (a new
+    # record, by default) applies, and Jane's record is untouched.
+    assert message.record != record_of_jane
+    status_before = record_of_jane.status
     record_of_jane.refresh_from_db()
-    assert record_of_jane.status.name == "User Responded"
+    assert record_of_jane.status == status_before
 
 
 # Settings > Email: the providers' servers filled in; export and import ---------------------
@@ -529,3 +534,65 @@ def test_the_dmarc_policy_and_trusted_servers_survive_export_and_import(
     integration = EmailIntegration.objects.get()
     assert integration.trusted_authserv_ids == ["mx.desk.test", "mx2.desk.test"]
     assert integration.dmarc_failure_policy == DmarcFailurePolicy.QUARANTINE
+
+
+# What a forged sender makes the desk send -------------------------------------------------
+
+
+def test_a_sender_who_failed_dmarc_gets_no_acknowledgement(desk) -> None:
+    """Backscatter: the acknowledgement would go to Alice, whose address the attacker forged."""
+    NotificationSettings.objects.update_or_create(pk=1, defaults={"end_user_on_created": True})
+    desk.receive(delivered(from_alice(), received(by=TRUSTED), SERVER_SAYS_FAIL))
+    desk.receive(
+        delivered(
+            make_email(sender="Bob <bob@customer.test>", subject="Scanner jams"),
+            received(by=TRUSTED, sender_host="mail.customer.test"),
+            stamp(f"{TRUSTED}; dmarc=pass header.from=customer.test"),
+        )
+    )
+
+    acknowledged = set(
+        OutboxEmail.objects.filter(kind=OutboxEmail.Kind.NOTIFICATION).values_list(
+            "recipient", flat=True
+        )
+    )
+    assert acknowledged == {"bob@customer.test"}  # Bob, verified, hears; forged Alice does not
+
+
+def test_words_of_a_forged_participant_are_not_relayed_to_the_requester(
+    desk, record_of_jane
+) -> None:
+    """The attacker writes as Jane's colleague in Cc, whose address is on the record: the
+    trusted server says DMARC failed, so the words stay on the record, marked, and the desk
+    does not mail them to Jane under its own name."""
+    desk.receive(
+        delivered(
+            make_email(
+                sender="Jane Doe <jane@customer.test>",
+                subject=f"Re: #{record_of_jane.pk} Printer on floor 3",
+                body="Log in at http://desk.attacker.test/ to see your ticket",
+            ),
+            received(by=TRUSTED),
+            stamp(f"{TRUSTED}; dmarc=fail header.from=customer.test"),
+        )
+    )
+
+    forged = Message.objects.get(text_body__contains="desk.attacker.test")
+    assert forged.record == record_of_jane
+    assert forged.sender_verified is False
+    relayed = OutboxEmail.objects.filter(kind=OutboxEmail.Kind.NOTIFICATION, record=record_of_jane)
+    assert not relayed.filter(text_body__contains="desk.attacker.test").exists()
+
+    # The same reply, verified, is relayed as "notify end user on update" says.
+    desk.receive(
+        delivered(
+            make_email(
+                sender="Jane Doe <jane@customer.test>",
+                subject=f"Re: #{record_of_jane.pk} Printer on floor 3",
+                body="It works again, thanks",
+            ),
+            received(by=TRUSTED, sender_host="mail.customer.test"),
+            stamp(f"{TRUSTED}; dmarc=pass header.from=customer.test"),
+        )
+    )
+    assert relayed.filter(text_body__contains="It works again").exists()
