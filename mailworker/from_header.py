@@ -14,7 +14,7 @@ Works on header values already decoded to text and unfolded (see parsing.py).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email import policy
 from email.errors import InvalidHeaderDefect
 
@@ -46,9 +46,27 @@ class _Reading:
     note: str = ""
 
 
+_ADDRESS_IN_NAME = re.compile(r"[^\s<>()\"',;:]+@[^\s<>()\"',;:]+")
+
+
 def read_sender(from_values: list[str], sender_values: list[str]) -> Sender:
     """The sender from every From header's value (and the Sender header's, which stands in
     for a missing From and names the sender among several authors)."""
+    sender = _read_sender(from_values, sender_values)
+    if sender.name and _names_another_address(sender.name, sender.address):
+        # "alice@victim.test <mallory@attacker.test>": shown as the requester's name, the
+        # display name would still tell an agent it is Alice. The address is who it is.
+        return replace(
+            sender, name="", notes=(*sender.notes, "display name names another address; dropped")
+        )
+    return sender
+
+
+def _names_another_address(name: str, address: str) -> bool:
+    return any(found.lower() != address for found in _ADDRESS_IN_NAME.findall(name))
+
+
+def _read_sender(from_values: list[str], sender_values: list[str]) -> Sender:
     readings = [read_mailboxes(value) for value in from_values]
     notes = tuple(f"From: {reading.note}" for reading in readings if reading.note)
     for reading in readings:

@@ -70,6 +70,8 @@ def test_an_address_in_the_display_name_never_becomes_the_requester(desk, from_l
     assert record.requester.email == "mallory@attacker.test"
     assert "alice@victim.test" not in user_addresses()
     assert record.messages.get().from_address == "mallory@attacker.test"
+    # Nor does it become the name an agent sees beside Mallory's address.
+    assert "victim.test" not in record.requester.get_full_name()
 
 
 def test_the_whitelist_sees_the_angle_bracket_address_not_the_display_name(desk) -> None:
