@@ -113,37 +113,69 @@ def test_rules_within_budget_still_route_as_before(desk) -> None:
 
 class WriteWhileRulesRun(logging.Handler):
     """When the rules report that they ran out of time (they are still evaluating, in the
-    worker's thread), another connection writes to the same SQLite file without waiting: it
-    fails with "database is locked" if the worker's write transaction is open then."""
+    worker's thread), another connection looks at the database:
 
-    def __init__(self, path: str) -> None:
+    - SQLite: it writes to the same file without waiting, and fails with "database is
+      locked" if the worker's write transaction is open then (one writer for the file);
+    - PostgreSQL: it reads the worker's backend in pg_stat_activity, which says "idle in
+      transaction" if the worker's transaction is open then (PostgreSQL locks rows, so a
+      write elsewhere would not show it)."""
+
+    def __init__(self, settings: dict, worker_backend: int | None) -> None:
         super().__init__(logging.WARNING)
-        self.path = path
+        self.settings = settings
+        self.worker_backend = worker_backend
         self.outcomes: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        other = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        if self.worker_backend is None:
+            self.outcomes.append(self._write_to_sqlite())
+        else:
+            self.outcomes.append(self._worker_state_in_postgresql())
+
+    def _write_to_sqlite(self) -> str:
+        other = sqlite3.connect(self.settings["NAME"], timeout=0, isolation_level=None)
         try:
             other.execute("BEGIN IMMEDIATE")
             other.execute(
                 "INSERT INTO records_category (name) VALUES (?)", ("Written while rules ran",)
             )
             other.execute("COMMIT")
-            self.outcomes.append("written")
+            return "written"
         except sqlite3.OperationalError as error:
-            self.outcomes.append(str(error))
+            return str(error)
         finally:
             other.close()
+
+    def _worker_state_in_postgresql(self) -> str:
+        import psycopg
+
+        settings = self.settings
+        with psycopg.connect(
+            dbname=settings["NAME"],
+            user=settings["USER"],
+            password=settings["PASSWORD"] or None,
+            host=settings["HOST"] or None,
+            port=settings["PORT"] or None,
+            autocommit=True,
+        ) as other:
+            row = other.execute(
+                "SELECT state FROM pg_stat_activity WHERE pid = %s", (self.worker_backend,)
+            ).fetchone()
+        return row[0] if row else "no such backend"
 
 
 @pytest.mark.django_db(transaction=True)
 def test_rules_are_evaluated_while_another_connection_can_still_write(desk) -> None:
-    if connection.vendor != "sqlite":
-        pytest.skip("SQLite's single write lock is what this shows; PostgreSQL locks rows")
+    worker_backend = None
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            worker_backend = cursor.fetchone()[0]
     rule("Crafted recipients", 1, ("recipient", "regex", CATASTROPHIC))
     # Two emails: the second one's rules run after the first one was written, which is when
     # an open chunk transaction would hold the lock.
-    handler = WriteWhileRulesRun(connection.settings_dict["NAME"])
+    handler = WriteWhileRulesRun(connection.settings_dict, worker_backend)
     logger = logging.getLogger("records.email_rules")
     logger.addHandler(handler)
     try:
@@ -151,6 +183,10 @@ def test_rules_are_evaluated_while_another_connection_can_still_write(desk) -> N
     finally:
         logger.removeHandler(handler)
 
+    assert report.counts["created"] == 2
+    if worker_backend is not None:
+        assert handler.outcomes == ["idle"]
+        return
     assert report.counts["created"] == 2
     assert handler.outcomes == ["written"]
     assert Category.objects.filter(name="Written while rules ran").exists()
