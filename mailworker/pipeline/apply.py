@@ -24,6 +24,7 @@ from records.services import (
     create_record,
     find_user_by_email,
     get_or_create_end_user,
+    record_email_received,
 )
 
 
