@@ -29,7 +29,6 @@ from mailworker.pipeline.passes import run_pass
 from records.models import Message, Quarantine, ServiceRecord, Status
 from records.selectors import is_on_record
 from records.services import add_message, create_record, get_or_create_end_user
-from tests.conftest import ADMIN_PASSWORD
 from tests.mail import make_email
 
 pytestmark = pytest.mark.django_db
@@ -315,7 +314,7 @@ def test_stranger_number_as_an_internal_note_changes_nothing_and_mails_no_one(
 
     # The agents see it, marked; the requester's next email does not name it.
     client = Client()
-    client.login(username=admin_user.username, password=ADMIN_PASSWORD)
+    client.force_login(admin_user)
     page = client.get(reverse("records:detail", args=[record.pk])).content.decode()
     assert "Internal note — not from a participant of this record" in page
     assert PHISHING in page
