@@ -214,7 +214,7 @@ def forget_tokens_of_another_app(*, integration: EmailIntegration) -> None:
         or before.oauth_tenant.strip() != integration.oauth_tenant.strip()
         or before.oauth_access != integration.oauth_access
         or before.oauth_mailbox.lower() != integration.oauth_mailbox.lower()
-    ):
+    ) and OAuthGrant.objects.filter(integration_id=integration.pk).exists():
         _update(integration, _cleared_tokens())
 
 
@@ -223,13 +223,10 @@ def _update(integration: EmailIntegration, values: dict[str, Any]) -> None:
     """One UPDATE of the integration's grant (created first when it has none), and the
     same values on the grant the caller holds."""
     # Through the model fields (encryption), not raw SQL; update() skips save() and signals.
-    if not OAuthGrant.objects.filter(integration_id=integration.pk).update(**values):
-        OAuthGrant.objects.get_or_create(integration_id=integration.pk)
-        OAuthGrant.objects.filter(integration_id=integration.pk).update(**values)
     grant = integration.grant
-    for name, value in values.items():
-        setattr(grant, name, value)
-    grant.pk = grant.pk or OAuthGrant.objects.values_list("pk", flat=True).get(
-        integration_id=integration.pk
-    )
+    if OAuthGrant.objects.filter(integration_id=integration.pk).update(**values):
+        for name, value in values.items():
+            setattr(grant, name, value)
+    else:  # the first token of this integration
+        grant = OAuthGrant.objects.create(integration=integration, **values)
     integration.oauth_grant = grant
