@@ -254,7 +254,7 @@ class EmailIntegration(models.Model):
         help_text="As the trusted server above reports it.",
     )
 
-    # OAuth 2.0 (Microsoft 365, Google); the connect flow fills the tokens.
+    # OAuth 2.0 (Microsoft 365, Google): the app; the tokens are its OAuthGrant.
     oauth_access = models.CharField(
         "access",
         max_length=10,
@@ -279,20 +279,6 @@ class EmailIntegration(models.Model):
         help_text="Google app-only: the JSON key of a service account allowed domain-wide "
         "delegation for https://mail.google.com/.",
     )
-    oauth_refresh_token = EncryptedTextField(blank=True)
-    oauth_access_token = EncryptedTextField(blank=True)
-    oauth_access_token_expires_at = models.DateTimeField(null=True, blank=True)
-    oauth_account = models.CharField(
-        max_length=255, blank=True, help_text="The account the token belongs to."
-    )
-    # Set when the provider refused the stored grant (consent revoked, password changed,
-    # secret expired): polling stops until an admin connects again, which clears them.
-    needs_reconnect_reason = models.TextField(blank=True)
-    needs_reconnect_since = models.DateTimeField(null=True, blank=True)
-    needs_reconnect_notified_at = models.DateTimeField(
-        null=True, blank=True, help_text="When admins were told to connect again."
-    )
-
     # Outgoing emails
     outgoing_protocol = models.CharField(
         "protocol", max_length=10, choices=OutgoingProtocol.choices, default=OutgoingProtocol.SMTP
@@ -336,30 +322,6 @@ class EmailIntegration(models.Model):
         help_text="For servers whose certificate comes from a private CA.",
     )
 
-    # What the mail engine last saw (shown on the list page)
-    last_polled_at = models.DateTimeField(null=True, blank=True)
-    last_success_at = models.DateTimeField(null=True, blank=True)
-    last_error = models.TextField(blank=True)
-    last_error_at = models.DateTimeField(null=True, blank=True)
-    consecutive_failures = models.PositiveIntegerField(
-        default=0, help_text="Failed passes or sends in a row; 0 after a success."
-    )
-    poll_failures = models.PositiveIntegerField(
-        default=0, help_text="Failed passes in a row; polling backs off while it grows."
-    )
-    failure_alert_sent_at = models.DateTimeField(
-        null=True, blank=True, help_text="When admins were alerted about the current failures."
-    )
-    idle_status = models.CharField(
-        max_length=255, blank=True, help_text="What the IMAP IDLE listener last saw."
-    )
-    idle_status_at = models.DateTimeField(null=True, blank=True)
-    subject_regex_timed_out_at = models.DateTimeField(
-        null=True,
-        blank=True,
-        help_text="When the ignore-subject pattern last took too long (counted as no match).",
-    )
-
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -398,8 +360,17 @@ class EmailIntegration(models.Model):
         return self.uses_oauth and self.oauth_access == OAuthAccess.APP_ONLY
 
     @property
+    def grant(self) -> OAuthGrant:
+        """The integration's tokens; an empty, unsaved grant when it was never connected.
+        Callers that read it for many integrations select_related("oauth_grant")."""
+        try:
+            return self.oauth_grant
+        except OAuthGrant.DoesNotExist:
+            return OAuthGrant(integration=self)
+
+    @property
     def needs_reconnect(self) -> bool:
-        return self.needs_reconnect_since is not None
+        return self.grant.needs_reconnect
 
     @property
     def oauth_mailbox(self) -> str:
@@ -408,7 +379,7 @@ class EmailIntegration(models.Model):
 
     @property
     def oauth_connected(self) -> bool:
-        return bool(self.oauth_refresh_token or self.oauth_access_token)
+        return self.grant.connected
 
     @property
     def mailbox_protocol(self) -> str:
@@ -579,3 +550,43 @@ class EmailIntegration(models.Model):
             validate_subject_regex(self.ignore_subject_regex)
         except ValidationError as exc:
             errors.setdefault("ignore_subject_regex", []).append(exc)
+
+
+class OAuthGrant(models.Model):
+    """What an OAuth 2.0 provider gave an integration: its tokens and whose they are, and
+    whether the provider has since refused them ("needs reconnect").
+
+    One per integration, created by the first connect or token. Written with update() on
+    the row (integrations/oauth/services.py), never by the integration's form.
+    """
+
+    integration = models.OneToOneField(
+        EmailIntegration, on_delete=models.CASCADE, related_name="oauth_grant"
+    )
+    refresh_token = EncryptedTextField(blank=True)
+    access_token = EncryptedTextField(blank=True)
+    access_token_expires_at = models.DateTimeField(null=True, blank=True)
+    account = models.CharField(
+        max_length=255, blank=True, help_text="The account the token belongs to."
+    )
+    # Set when the provider refused the stored grant (consent revoked, password changed,
+    # secret expired): polling stops until an admin connects again, which clears them.
+    needs_reconnect_reason = models.TextField(blank=True)
+    needs_reconnect_since = models.DateTimeField(null=True, blank=True)
+    needs_reconnect_notified_at = models.DateTimeField(
+        null=True, blank=True, help_text="When admins were told to connect again."
+    )
+
+    class Meta:
+        verbose_name = "OAuth grant"
+
+    def __str__(self) -> str:
+        return f"OAuth grant of {self.integration_id}"
+
+    @property
+    def needs_reconnect(self) -> bool:
+        return self.needs_reconnect_since is not None
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.refresh_token or self.access_token)

@@ -118,28 +118,12 @@ FIELDS: tuple[JsonField, ...] = (
     JsonField("tls.ca_certificate", "ca_certificate", Kind.TEXT),
 )
 
-# Model fields a file never carries: identity, what the mail engine records, and the OAuth
-# tokens, which belong to one connect flow on one desk and are never exported.
+# Model fields a file never carries: identity and timestamps. What the mail engine records
+# (MailboxState) and the OAuth tokens (OAuthGrant, one connect flow on one desk) are models
+# of their own and never exported.
 NOT_EXPORTED = frozenset(
     {
         "id",
-        "oauth_refresh_token",
-        "oauth_access_token",
-        "oauth_access_token_expires_at",
-        "oauth_account",
-        "needs_reconnect_reason",
-        "needs_reconnect_since",
-        "needs_reconnect_notified_at",
-        "last_polled_at",
-        "last_success_at",
-        "last_error",
-        "last_error_at",
-        "poll_failures",
-        "idle_status",
-        "idle_status_at",
-        "subject_regex_timed_out_at",
-        "consecutive_failures",
-        "failure_alert_sent_at",
         "created_at",
         "updated_at",
     }

@@ -38,7 +38,9 @@ class StaffPermissionRequiredMixin(PermissionRequiredMixin):
 
 class IntegrationListView(StaffPermissionRequiredMixin, ListView):
     permission_required = "integrations.view_emailintegration"
-    model = EmailIntegration
+    # Each row says whether its grant needs a reconnect; the mail engine's state comes from
+    # its template tags (templates/integrations/list.html).
+    queryset = EmailIntegration.objects.select_related("oauth_grant")
     template_name = "integrations/list.html"
     context_object_name = "integrations"
 
@@ -61,7 +63,9 @@ class IntegrationFormView(StaffPermissionRequiredMixin, View):
 
     def get_integration(self) -> EmailIntegration:
         if "pk" in self.kwargs:
-            return get_object_or_404(EmailIntegration, pk=self.kwargs["pk"])
+            return get_object_or_404(
+                EmailIntegration.objects.select_related("oauth_grant"), pk=self.kwargs["pk"]
+            )
         return EmailIntegration()
 
     def get(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:

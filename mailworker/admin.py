@@ -3,7 +3,7 @@ sent, what waits and why something failed."""
 
 from django.contrib import admin
 
-from mailworker.models import NotificationSettings, OutboxEmail
+from mailworker.models import MailboxState, NotificationSettings, OutboxEmail
 
 
 @admin.register(NotificationSettings)
@@ -40,4 +40,26 @@ class OutboxEmailAdmin(admin.ModelAdmin):
         return ", ".join(obj.to_addresses)
 
     def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(MailboxState)
+class MailboxStateAdmin(admin.ModelAdmin):
+    """What the mail engine last saw of each integration: read only, the engine writes it."""
+
+    list_display = (
+        "integration",
+        "last_polled_at",
+        "last_success_at",
+        "poll_failures",
+        "consecutive_failures",
+        "idle_status",
+        "last_error",
+    )
+    list_select_related = ("integration",)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
         return False

@@ -24,11 +24,11 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import close_old_connections, connection
-from django.utils import timezone
 
 from integrations.models import EmailIntegration, MailboxAccess
 from mailworker.mailboxes.factory import open_mailbox
 from mailworker.mailboxes.imap import ImapMailbox
+from mailworker.status import note_idle_status
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,9 @@ def idle_integrations() -> list[EmailIntegration]:
     """Enabled incoming IMAP integrations that opted in to push delivery."""
     return [
         integration
-        for integration in EmailIntegration.objects.filter(incoming_enabled=True, use_idle=True)
+        for integration in EmailIntegration.objects.filter(
+            incoming_enabled=True, use_idle=True
+        ).select_related("oauth_grant")
         if integration.mailbox_protocol == MailboxAccess.IMAP and not integration.needs_reconnect
     ]
 
@@ -84,7 +86,7 @@ def idle_integrations() -> list[EmailIntegration]:
 def open_idle_connection(integration_id: int) -> ImapMailbox:
     """Connect, log in, select the folder and enter IDLE (run in a connect thread)."""
     try:
-        integration = EmailIntegration.objects.get(pk=integration_id)
+        integration = EmailIntegration.objects.select_related("oauth_grant").get(pk=integration_id)
         mailbox = open_mailbox(integration, timeout=CONNECT_TIMEOUT_SECONDS)
         if not isinstance(mailbox, ImapMailbox):
             raise IdleUnsupported
@@ -336,8 +338,6 @@ class IdleListener:
             return
         watch.status = status
         try:
-            EmailIntegration.objects.filter(pk=watch.integration_id).update(
-                idle_status=status[:255], idle_status_at=timezone.now()
-            )
+            note_idle_status(integration_id=watch.integration_id, status=status)
         except Exception:
             logger.exception("IDLE %s: could not record its status", watch.name)

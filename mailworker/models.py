@@ -130,3 +130,42 @@ class NotificationSettings(models.Model):
     def current(cls) -> NotificationSettings:
         settings, _created = cls.objects.get_or_create(pk=1)
         return settings
+
+
+class MailboxState(models.Model):
+    """What the mail engine last saw of one integration: polls, failures and their back-off,
+    the admins' alert, the IMAP IDLE listener. Runtime state, not configuration: the
+    integration's form never writes it, export never carries it.
+
+    One per integration, created on its first write (mailworker/status.py); an integration
+    without one has never been polled.
+    """
+
+    integration = models.OneToOneField(
+        "integrations.EmailIntegration", on_delete=models.CASCADE, related_name="mailbox_state"
+    )
+    last_polled_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(
+        default=0, help_text="Failed passes or sends in a row; 0 after a success."
+    )
+    poll_failures = models.PositiveIntegerField(
+        default=0, help_text="Failed passes in a row; polling backs off while it grows."
+    )
+    failure_alert_sent_at = models.DateTimeField(
+        null=True, blank=True, help_text="When admins were alerted about the current failures."
+    )
+    idle_status = models.CharField(
+        max_length=255, blank=True, help_text="What the IMAP IDLE listener last saw."
+    )
+    idle_status_at = models.DateTimeField(null=True, blank=True)
+    subject_regex_timed_out_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the ignore-subject pattern last took too long (counted as no match).",
+    )
+
+    def __str__(self) -> str:
+        return f"State of integration {self.integration_id}"

@@ -13,11 +13,13 @@ from django.db.models import Q, QuerySet
 from django.dispatch import receiver
 from django.template.loader import render_to_string
 
-from integrations.models import EmailIntegration
+from integrations import signals as integration_signals
+from integrations.models import EmailIntegration, OAuthGrant
 from mailworker.models import NotificationSettings, OutboxEmail
 from mailworker.outbound.compose import record_subject
 from mailworker.outbound.outbox import batched, queue_email, record_thread
 from mailworker.outbound.texts import render_subject, render_text
+from mailworker.status import note_alert_sent, note_reconnected
 from records import signals
 from records.models import Direction, Message, ServiceRecord
 from records.services import DETAIL_LABELS
@@ -280,3 +282,27 @@ def queue_flood_alert(*, integration: EmailIntegration, source: str, first_reaso
         subject=render_subject("emails/flood_held.subject.txt", context),
         text=render_text("emails/flood_held.txt", context),
     )
+
+
+@receiver(integration_signals.needs_reconnect)
+def on_needs_reconnect(
+    sender, integration: EmailIntegration, grant: OAuthGrant, provider: str, **kwargs
+) -> None:
+    """Tell admins, once (integrations send the signal once per refusal), that an OAuth 2.0
+    integration must be connected again. It counts as the alert of the current failure
+    streak too, so the passes that fail while it waits do not send a second, vaguer one."""
+    admins = get_user_model().objects.filter(is_active=True, is_superuser=True).exclude(email="")
+    context = {"integration": integration, "grant": grant, "provider": provider}
+    queue_email(
+        kind=Kind.SYSTEM_ALERT,
+        to=[admin.email for admin in admins],
+        subject=render_subject("emails/integration_needs_reconnect.subject.txt", context),
+        text=render_text("emails/integration_needs_reconnect.txt", context),
+    )
+    note_alert_sent(integration_id=integration.pk)
+
+
+@receiver(integration_signals.reconnected)
+def on_reconnected(sender, integration: EmailIntegration, **kwargs) -> None:
+    """A new sign-in: the last error is history, and a new streak alerts admins again."""
+    note_reconnected(integration_id=integration.pk)

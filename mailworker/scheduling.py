@@ -16,25 +16,27 @@ from django.utils import timezone
 
 from integrations.models import EmailIntegration
 from mailworker.pipeline.passes import PassReport, run_pass
+from mailworker.status import STATE_RELATIONS, state_of
 
 # Failed passes in a row before the interval starts to grow: one failure may be a blip.
 BACKOFF_AFTER_FAILURES = 2
+# One query for every integration's schedule: its own fields, its state, its grant.
 SCHEDULING_FIELDS = (
     "pk",
     "name",
     "created_at",
-    "last_polled_at",
     "poll_interval_seconds",
-    "poll_failures",
     "incoming_protocol",
-    "needs_reconnect_since",
+    "mailbox_state__last_polled_at",
+    "mailbox_state__poll_failures",
+    "oauth_grant__needs_reconnect_since",
 )
 
 
 def poll_interval(integration: EmailIntegration) -> timedelta:
     """The integration's interval, doubled for each failed pass in a row beyond the first."""
     base = integration.poll_interval_seconds
-    extra_failures = integration.poll_failures - BACKOFF_AFTER_FAILURES + 1
+    extra_failures = state_of(integration).poll_failures - BACKOFF_AFTER_FAILURES + 1
     if extra_failures <= 0:
         return timedelta(seconds=base)
     ceiling = max(base, settings.POLL_BACKOFF_MAX_SECONDS)
@@ -43,16 +45,20 @@ def poll_interval(integration: EmailIntegration) -> timedelta:
 
 def next_poll_at(integration: EmailIntegration) -> datetime | None:
     """When the next pass is due; None means at once (never polled)."""
-    if integration.last_polled_at is None:
+    last_polled_at = state_of(integration).last_polled_at
+    if last_polled_at is None:
         return None
-    return integration.last_polled_at + poll_interval(integration)
+    return last_polled_at + poll_interval(integration)
 
 
 def pollable_integrations() -> list[EmailIntegration]:
     pollable = []
-    for integration in EmailIntegration.objects.filter(incoming_enabled=True).only(
-        *SCHEDULING_FIELDS
-    ):
+    integrations = (
+        EmailIntegration.objects.filter(incoming_enabled=True)
+        .select_related(*STATE_RELATIONS)
+        .only(*SCHEDULING_FIELDS)
+    )
+    for integration in integrations:
         if integration.needs_reconnect:
             continue  # the provider refused its sign-in: an admin must connect it again
         pollable.append(integration)
@@ -89,7 +95,11 @@ def oldest_overdue_poll(now: datetime | None = None) -> OverduePoll | None:
 
 
 def poll_integration_now(*, integration_id: int) -> PassReport | None:
-    integration = EmailIntegration.objects.filter(pk=integration_id, incoming_enabled=True).first()
+    integration = (
+        EmailIntegration.objects.select_related(*STATE_RELATIONS)
+        .filter(pk=integration_id, incoming_enabled=True)
+        .first()
+    )
     if integration is None:
         return None
     return run_pass(integration=integration)

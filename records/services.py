@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
@@ -153,6 +154,7 @@ def add_message(
     touch_record: bool = True,
     sender_verified: bool | None = None,
     authentication: str = "",
+    is_internal: bool = False,
 ) -> Message:
     """An entry in the record's message log; touching the record moves it up the lists
     (`touch_record=False` for the first message of a record created just now)."""
@@ -174,9 +176,96 @@ def add_message(
         author=author,
         sender_verified=sender_verified,
         authentication=authentication[:500],
+        is_internal=is_internal,
     )
     if touch_record:
         ServiceRecord.objects.filter(pk=record.pk).update(updated_at=timezone.now())
+    return message
+
+
+class AttachmentData(Protocol):
+    filename: str
+    content_type: str
+    content: bytes
+    content_id: str
+
+
+def record_email_received(
+    *,
+    record: ServiceRecord,
+    new_record: bool,
+    from_address: str,
+    subject: str,
+    text_body: str,
+    html_body: str,
+    to_addresses: list[str],
+    cc_addresses: list[str],
+    message_id: str,
+    in_reply_to: str,
+    references: str,
+    date: datetime | None,
+    raw_size: int,
+    integration: EmailIntegration,
+    sender_verified: bool | None,
+    authentication: str,
+    attachments: Iterable[AttachmentData] = (),
+    automatic: bool,
+    acknowledge: bool = True,
+    author: User | None = None,
+    internal: bool = False,
+) -> Message:
+    """An incoming email in the record's message log, with its attachments, and its event:
+
+    - `new_record`: the first email of a record opened by it (created just now, so not
+      touched again): `record_created`, with `acknowledge` (False: the requester must not
+      be told, an unverified or flooding sender);
+    - a reply from a participant: `message_added`;
+    - an agent's own email (`author`) or an internal note (`internal`, someone not on the
+      record): no event, so nothing is emailed; an internal note leaves the record's place
+      in the lists alone.
+
+    Events are sent inside the caller's transaction; `automatic` (an auto-reply, a bounce)
+    goes with them: no notification answers automatic mail.
+    """
+    message = add_message(
+        record=record,
+        direction=Direction.INCOMING,
+        from_address=from_address,
+        subject=subject,
+        text_body=text_body,
+        html_body=html_body,
+        to_addresses=to_addresses,
+        cc_addresses=cc_addresses,
+        message_id=message_id,
+        in_reply_to=in_reply_to,
+        references=references,
+        date=date,
+        raw_size=raw_size,
+        integration=integration,
+        touch_record=not (new_record or internal),
+        author=author,
+        sender_verified=sender_verified,
+        authentication=authentication,
+        is_internal=internal,
+    )
+    for part in attachments:
+        add_attachment(
+            message=message,
+            filename=part.filename,
+            content_type=part.content_type,
+            content=part.content,
+            content_id=part.content_id,
+        )
+    if new_record:
+        signals.record_created.send(
+            sender=Message,
+            record=record,
+            message=message,
+            automatic=automatic,
+            acknowledge=acknowledge,
+        )
+    elif author is None and not internal:
+        signals.message_added.send(sender=Message, message=message, automatic=automatic)
     return message
 
 

@@ -1,6 +1,9 @@
 """Domain events of records. `records` only says what happened; the mail engine listens and
 decides what to send (DESIGN.md: imports point one way). Every signal is sent inside the
-transaction of the change, so what a receiver writes (the outbox) commits with it.
+transaction of the change, so what a receiver writes (the outbox) commits with it. Each is
+sent by the service of records/services.py that makes the change: record_created and
+message_added by record_email_received, record_details_changed by change_record_details,
+agent_replied by post_agent_reply, record_escalated by escalate_overdue_records.
 """
 
 from django.dispatch import Signal

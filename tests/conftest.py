@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.db import connection
+from django.db import connection, models
 
 from integrations.models import EmailIntegration
 from integrations.services import Secrets, save_integration
@@ -80,13 +80,14 @@ def _default_statuses(request: pytest.FixtureRequest) -> None:
     ensure_default_statuses()
 
 
-def stored_column(integration: EmailIntegration, column: str) -> str:
-    """A column as the database holds it, past the field that decrypts it."""
-    table = connection.ops.quote_name(EmailIntegration._meta.db_table)
+def stored_column(row: models.Model, column: str) -> str:
+    """A column as the database holds it, past the field that decrypts it (`row`: an
+    integration, its OAuthGrant, ...)."""
+    table = connection.ops.quote_name(row._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT {connection.ops.quote_name(column)} FROM {table} WHERE id = %s",  # noqa: S608
-            [integration.pk],
+            [row.pk],
         )
         return cursor.fetchone()[0]
 

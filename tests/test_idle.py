@@ -12,6 +12,7 @@ import pytest
 
 from integrations.models import EmailIntegration
 from mailworker.idle import STATUS_LISTENING, IdleListener
+from mailworker.models import MailboxState
 from records.models import ServiceRecord
 from tests.dovecot import Dovecot
 from tests.mail import make_email
@@ -50,7 +51,8 @@ def listener(settings) -> Iterator[tuple[IdleListener, Recorder]]:
 
 
 def idle_status(integration: EmailIntegration) -> str:
-    return EmailIntegration.objects.values_list("idle_status", flat=True).get(pk=integration.pk)
+    state = MailboxState.objects.filter(integration=integration).first()
+    return state.idle_status if state else ""
 
 
 def wait_for_status(integration: EmailIntegration, prefix: str, timeout: float = 30) -> None:

@@ -17,6 +17,7 @@ from django.db import connection
 
 from integrations.models import EmailIntegration
 from mailworker.management.commands.ingest_email import raw_emails
+from mailworker.status import state_of
 from records.models import Message, ProcessedEmail, Quarantine, ServiceRecord
 from tests.conftest import PROJECT_ROOT, free_port, incoming_imap
 from tests.mail import make_email
@@ -42,7 +43,8 @@ def test_fetchmail_reports_each_integration_and_fails_when_one_fails(
     assert "errors 1" in broken_line
     assert ServiceRecord.objects.count() == 2
     broken.refresh_from_db()
-    assert broken.last_error and broken.last_polled_at and broken.last_success_at is None
+    state = state_of(broken)
+    assert state.last_error and state.last_polled_at and state.last_success_at is None
 
 
 def test_fetchmail_one_integration(dovecot, dovecot_integration) -> None:

@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from integrations.models import EmailIntegration
+from integrations.models import EmailIntegration, OAuthGrant
 from integrations.serialization import FIELDS, NOT_EXPORTED
 from integrations.services import Secrets, delete_integration, save_integration
 from records.models import Status
@@ -155,11 +155,14 @@ def two_integrations(settings: Any, admin_user: Any, django_user_model: Any) -> 
         incoming_username="office@contoso.test",
         oauth_tenant="contoso.onmicrosoft.com",
         oauth_client_id="0d7c-client-id",
-        oauth_refresh_token="refresh-token-never-exported",
-        oauth_access_token="access-token-never-exported",
-        oauth_account="office@contoso.test",
     )
     save_integration(integration=office, secrets=Secrets(oauth_client_secret="oauth-client-Secret"))
+    OAuthGrant.objects.create(
+        integration=office,
+        refresh_token="refresh-token-never-exported",
+        access_token="access-token-never-exported",
+        account="office@contoso.test",
+    )
 
 
 # Export ---------------------------------------------------------------------------------
@@ -195,7 +198,7 @@ def test_export_with_secrets_then_import_restores_every_field(
     assert stored_column(support, "incoming_password").startswith("fernet:")
     assert "imap" not in stored_column(support, "incoming_password")
     # Tokens belong to the old connect flow; the admin connects again.
-    assert EmailIntegration.objects.get(name="Office").oauth_refresh_token == ""
+    assert EmailIntegration.objects.get(name="Office").grant.refresh_token == ""
 
 
 @pytest.mark.django_db

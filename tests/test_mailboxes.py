@@ -13,7 +13,7 @@ import pytest
 from django.utils import timezone
 from imapclient import IMAPClient
 
-from integrations.models import EmailIntegration
+from integrations.models import EmailIntegration, OAuthGrant
 from mailworker.mailboxes.base import FetchedMessage, MailboxAuthError, MailboxError
 from mailworker.mailboxes.factory import open_mailbox
 from tests.conftest import free_port
@@ -350,9 +350,9 @@ def test_starttls_is_required_when_the_encryption_says_so(
 
 
 def test_an_oauth_integration_that_needs_reconnect_is_not_even_connected_to():
-    integration = EmailIntegration(
-        incoming_protocol="google",
-        incoming_username="a@b.test",
+    integration = EmailIntegration(incoming_protocol="google", incoming_username="a@b.test")
+    integration.oauth_grant = OAuthGrant(
+        integration=integration,
         needs_reconnect_since=timezone.now(),
         needs_reconnect_reason="Google refused the stored grant.",
     )

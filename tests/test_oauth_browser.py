@@ -17,7 +17,7 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 from playwright.sync_api import Browser, Page, expect
 
-from integrations.models import EmailIntegration
+from integrations.models import EmailIntegration, OAuthGrant
 from integrations.services import save_integration
 from mailworker.connection_tests import send_test_email
 from mailworker.models import OutboxEmail
@@ -124,8 +124,8 @@ def test_the_whole_oauth_cycle(
     # The access token expires: refreshed once, mail keeps coming.
     refreshes = oauth_settings.grants["refresh_token"]
     oauth_settings.expire_access_tokens(mailbox)
-    EmailIntegration.objects.filter(pk=integration.pk).update(
-        oauth_access_token_expires_at=timezone.now() - datetime.timedelta(seconds=1)
+    OAuthGrant.objects.filter(integration=integration).update(
+        access_token_expires_at=timezone.now() - datetime.timedelta(seconds=1)
     )
     dovecot.deliver(mailbox, [make_email(subject="After the hour")])
     fetchmail(integration)
@@ -134,8 +134,8 @@ def test_the_whole_oauth_cycle(
 
     # The grant is revoked: needs reconnect, admins told once, however many polls.
     oauth_settings.revoke(mailbox)
-    EmailIntegration.objects.filter(pk=integration.pk).update(
-        oauth_access_token_expires_at=timezone.now() - datetime.timedelta(seconds=1)
+    OAuthGrant.objects.filter(integration=integration).update(
+        access_token_expires_at=timezone.now() - datetime.timedelta(seconds=1)
     )
     for _poll in range(3):
         with pytest.raises(CommandError):

@@ -20,13 +20,14 @@ from django.core.management.base import CommandError
 from django.urls import reverse
 from django.utils import timezone
 
-from integrations.models import EmailIntegration
+from integrations.models import EmailIntegration, OAuthGrant
 from integrations.oauth.errors import ReconnectNeeded
 from integrations.oauth.services import connect_app_only
 from mailworker.connection_tests import send_test_email, test_incoming_connection
 from mailworker.mailboxes.oauth import access_token_for
-from mailworker.models import OutboxEmail
+from mailworker.models import MailboxState, OutboxEmail
 from mailworker.scheduling import due_integration_ids
+from mailworker.status import state_of
 from records.models import ServiceRecord
 from tests.conftest import stored_column
 from tests.mail import make_email
@@ -70,7 +71,7 @@ def connected(admin_client: Any, oauth_settings: OAuthServer, dovecot: Any):
         page = connect_with_test_client(admin_client, integration, oauth_settings)
         assert page.status_code == 200
         integration.refresh_from_db()
-        assert integration.oauth_account == integration.incoming_username
+        assert integration.grant.account == integration.incoming_username
         return integration
 
     return make
@@ -85,8 +86,8 @@ def fetchmail(integration: EmailIntegration) -> str:
 def let_the_access_token_expire(integration: EmailIntegration, server: OAuthServer) -> None:
     """Its hour is up: the provider no longer accepts it, and our cache says it is stale."""
     server.expire_access_tokens(integration.incoming_username)
-    EmailIntegration.objects.filter(pk=integration.pk).update(
-        oauth_access_token_expires_at=timezone.now() - datetime.timedelta(seconds=1)
+    OAuthGrant.objects.filter(integration=integration).update(
+        access_token_expires_at=timezone.now() - datetime.timedelta(seconds=1)
     )
 
 
@@ -99,15 +100,15 @@ def test_connecting_stores_encrypted_tokens_and_names_the_account(
 ) -> None:
     integration = connected(protocol=protocol)
 
-    assert integration.oauth_refresh_token.startswith("rt-")
-    assert integration.oauth_access_token_expires_at > timezone.now()
-    assert stored_column(integration, "oauth_refresh_token").startswith("fernet:")
-    assert stored_column(integration, "oauth_access_token").startswith("fernet:")
+    assert integration.grant.refresh_token.startswith("rt-")
+    assert integration.grant.access_token_expires_at > timezone.now()
+    assert stored_column(integration.grant, "refresh_token").startswith("fernet:")
+    assert stored_column(integration.grant, "access_token").startswith("fernet:")
     page = admin_client.get(reverse("integrations:edit", args=[integration.pk]))
     text = page.content.decode()
     assert f"as <strong>{integration.incoming_username}</strong>" in text
-    assert integration.oauth_refresh_token not in text
-    assert integration.oauth_access_token not in text
+    assert integration.grant.refresh_token not in text
+    assert integration.grant.access_token not in text
 
 
 @pytest.mark.parametrize("protocol", PROVIDERS)
@@ -125,9 +126,9 @@ def test_a_token_of_another_account_is_refused_and_nothing_is_stored(
     assert "You signed in as someone.else@desk.test" in text
     assert f"reads and sends as {integration.incoming_username}" in text
     integration.refresh_from_db()
-    assert integration.oauth_refresh_token == ""
-    assert integration.oauth_access_token == ""
-    assert integration.oauth_account == ""
+    assert integration.grant.refresh_token == ""
+    assert integration.grant.access_token == ""
+    assert integration.grant.account == ""
 
 
 def test_cancelling_at_the_provider_stores_nothing(
@@ -214,7 +215,7 @@ def test_an_expired_access_token_is_refreshed_once_and_reused(
     protocol: str, connected, oauth_settings: OAuthServer, dovecot: Any
 ) -> None:
     integration = connected(protocol=protocol)
-    first_token = integration.oauth_access_token
+    first_token = integration.grant.access_token
     refreshes = oauth_settings.grants["refresh_token"]
     let_the_access_token_expire(integration, oauth_settings)
     dovecot.deliver(integration.incoming_username, [make_email()])
@@ -225,8 +226,8 @@ def test_an_expired_access_token_is_refreshed_once_and_reused(
 
     assert oauth_settings.grants["refresh_token"] == refreshes + 1
     integration.refresh_from_db()
-    assert integration.oauth_access_token not in ("", first_token)
-    assert integration.oauth_access_token_expires_at > timezone.now()
+    assert integration.grant.access_token not in ("", first_token)
+    assert integration.grant.access_token_expires_at > timezone.now()
     assert not integration.needs_reconnect
 
 
@@ -246,15 +247,15 @@ def test_a_worker_that_waited_for_the_lock_takes_the_token_another_one_refreshed
 ) -> None:
     integration = connected()
     stale = EmailIntegration.objects.get(pk=integration.pk)
-    stale.oauth_access_token_expires_at = timezone.now() - datetime.timedelta(minutes=1)
+    stale.grant.access_token_expires_at = timezone.now() - datetime.timedelta(minutes=1)
     # Meanwhile another worker refreshed: the row holds a fresh token.
     refreshes = oauth_settings.grants["refresh_token"]
 
     token = access_token_for(stale)
 
-    assert token == integration.oauth_access_token
+    assert token == integration.grant.access_token
     assert oauth_settings.grants["refresh_token"] == refreshes
-    assert stale.oauth_access_token_expires_at == integration.oauth_access_token_expires_at
+    assert stale.grant.access_token_expires_at == integration.grant.access_token_expires_at
 
 
 # When the provider refuses: needs reconnect --------------------------------------------------
@@ -276,16 +277,16 @@ def test_a_revoked_grant_needs_reconnect_stops_polling_and_alerts_admins_once(
 
     integration.refresh_from_db()
     assert integration.needs_reconnect
-    assert "invalid_grant" in integration.needs_reconnect_reason
-    assert "Connect with" in integration.needs_reconnect_reason
-    assert integration.oauth_access_token == ""
+    assert "invalid_grant" in integration.grant.needs_reconnect_reason
+    assert "Connect with" in integration.grant.needs_reconnect_reason
+    assert integration.grant.access_token == ""
     # One refresh attempt, not one per poll: no loop against the provider.
     assert oauth_settings.grants["refresh_token"] == refreshes + 1
     alerts = OutboxEmail.objects.filter(kind=OutboxEmail.Kind.SYSTEM_ALERT)
     assert alerts.count() == 1
     assert "must be connected to" in alerts.get().subject
     long_ago = timezone.now() - datetime.timedelta(days=1)
-    EmailIntegration.objects.filter(pk=integration.pk).update(last_polled_at=long_ago)
+    MailboxState.objects.filter(integration=integration).update(last_polled_at=long_ago)
     assert integration.pk not in due_integration_ids()
     listing = admin_client.get(reverse("integrations:list")).content.decode()
     assert "Needs reconnect:" in listing
@@ -296,7 +297,7 @@ def test_a_revoked_grant_needs_reconnect_stops_polling_and_alerts_admins_once(
     connect_with_test_client(admin_client, integration, oauth_settings)
     integration.refresh_from_db()
     assert not integration.needs_reconnect
-    assert integration.needs_reconnect_notified_at is None
+    assert integration.grant.needs_reconnect_notified_at is None
     assert integration.pk in due_integration_ids()
     assert "created 1" in fetchmail(integration)
 
@@ -313,8 +314,8 @@ def test_an_expired_client_secret_needs_reconnect_with_a_message_that_says_so(
 
     integration.refresh_from_db()
     assert integration.needs_reconnect
-    assert "invalid_client" in integration.needs_reconnect_reason
-    assert "client secret" in integration.needs_reconnect_reason
+    assert "invalid_client" in integration.grant.needs_reconnect_reason
+    assert "client secret" in integration.grant.needs_reconnect_reason
 
 
 def test_a_token_endpoint_that_is_down_is_an_ordinary_failure(
@@ -330,10 +331,10 @@ def test_a_token_endpoint_that_is_down_is_an_ordinary_failure(
 
     integration.refresh_from_db()
     assert not integration.needs_reconnect
-    assert "503" in integration.last_error
+    assert "503" in state_of(integration).last_error
     # Still polled: a later pass, once the interval is up, tries again.
     long_ago = timezone.now() - datetime.timedelta(days=1)
-    EmailIntegration.objects.filter(pk=integration.pk).update(last_polled_at=long_ago)
+    MailboxState.objects.filter(integration=integration).update(last_polled_at=long_ago)
     assert integration.pk in due_integration_ids()
     assert not OutboxEmail.objects.filter(kind=OutboxEmail.Kind.SYSTEM_ALERT).exists()
 
@@ -397,7 +398,7 @@ def test_microsoft_app_only_access_reads_the_shared_mailbox_and_sends(
 
     assert "Connected to Microsoft with app-only access" in response.content.decode()
     integration.refresh_from_db()
-    assert integration.oauth_refresh_token == ""
+    assert integration.grant.refresh_token == ""
     assert oauth_settings.grants["client_credentials"] >= 1
     dovecot.deliver(integration.incoming_username, [make_email()])
     assert "created 1" in fetchmail(integration)

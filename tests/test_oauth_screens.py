@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from integrations.models import EmailIntegration
+from integrations.models import EmailIntegration, OAuthGrant
 from integrations.services import Secrets, save_integration
 from tests.oauth_helpers import consent_link, make_oauth_integration
 from tests.oauth_server import OAuthServer
@@ -50,13 +50,16 @@ def test_no_secret_or_token_is_ever_rendered(admin_client: Client, db: Any) -> N
         incoming_protocol="google",
         oauth_client_id="id.apps.googleusercontent.test",
         incoming_username="desk@example.test",
-        oauth_account="desk@example.test",
-        oauth_refresh_token=SECRETS["oauth_refresh_token"],
-        oauth_access_token=SECRETS["oauth_access_token"],
     )
     save_integration(
         integration=integration,
         secrets=Secrets(oauth_client_secret=SECRETS["oauth_client_secret"]),
+    )
+    OAuthGrant.objects.create(
+        integration=integration,
+        account="desk@example.test",
+        refresh_token=SECRETS["oauth_refresh_token"],
+        access_token=SECRETS["oauth_access_token"],
     )
     # Stored past validation, as a dump restored from elsewhere could hold them.
     EmailIntegration.objects.filter(pk=integration.pk).update(
@@ -180,18 +183,18 @@ def test_changing_the_app_or_mailbox_forgets_the_tokens(db: Any) -> None:
             oauth_tenant="contoso.onmicrosoft.test",
             oauth_client_id="app-1",
             incoming_username="desk@contoso.test",
-            oauth_refresh_token="rt",
-            oauth_access_token="at",
-            oauth_account="desk@contoso.test",
         )
+    )
+    OAuthGrant.objects.create(
+        integration=integration, refresh_token="rt", access_token="at", account="desk@contoso.test"
     )
     integration.poll_interval_seconds = 120
     save_integration(integration=integration)
     integration.refresh_from_db()
-    assert integration.oauth_refresh_token == "rt"
+    assert integration.grant.refresh_token == "rt"
 
     integration.incoming_username = "other@contoso.test"
     save_integration(integration=integration)
 
     integration.refresh_from_db()
-    assert (integration.oauth_refresh_token, integration.oauth_account) == ("", "")
+    assert (integration.grant.refresh_token, integration.grant.account) == ("", "")

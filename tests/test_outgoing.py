@@ -17,6 +17,7 @@ from mailworker.models import NotificationSettings, OutboxEmail
 from mailworker.outbound.compose import HeaderInjectionError, compose, record_subject
 from mailworker.outbound.outbox import composed_bytes, queue_email, send_due
 from mailworker.pipeline.passes import run_pass
+from mailworker.status import state_of
 from records.models import Message, ServiceRecord, Status
 from records.services import (
     change_record_details,
@@ -364,7 +365,8 @@ def test_a_failing_integration_alerts_admins_once_and_recovers_by_itself(
     mailbox.refresh_from_db()
     assert not run_pass(integration=mailbox).failed
     mailbox.refresh_from_db()
-    assert (mailbox.consecutive_failures, mailbox.failure_alert_sent_at) == (0, None)
+    state = state_of(mailbox)
+    assert (state.consecutive_failures, state.failure_alert_sent_at) == (0, None)
     assert alerts.count() == 1
 
 

@@ -13,9 +13,11 @@ from django.test import Client
 from django.utils import timezone
 
 from integrations.models import EmailIntegration
+from mailworker.models import MailboxState
 from mailworker.pipeline.passes import run_pass
 from mailworker.scheduling import due_integration_ids, next_poll_at, poll_interval
 from mailworker.services import record_worker_heartbeat
+from mailworker.status import state_of
 from records.models import ServiceRecord
 from tests.conftest import incoming_imap
 from tests.dovecot import Dovecot
@@ -24,8 +26,12 @@ from tests.workers import Workers, wait_until
 
 
 def polled(integration: EmailIntegration, *, seconds_ago: float, failures: int = 0) -> None:
-    EmailIntegration.objects.filter(pk=integration.pk).update(
-        last_polled_at=timezone.now() - timedelta(seconds=seconds_ago), poll_failures=failures
+    MailboxState.objects.update_or_create(
+        integration=integration,
+        defaults={
+            "last_polled_at": timezone.now() - timedelta(seconds=seconds_ago),
+            "poll_failures": failures,
+        },
     )
     integration.refresh_from_db()
 
@@ -75,15 +81,16 @@ def test_failed_passes_count_up_and_a_good_pass_resets_them(
     for _ in range(3):
         assert run_pass(integration=integration).failed
     integration.refresh_from_db()
-    assert integration.poll_failures == 3
+    assert state_of(integration).poll_failures == 3
     assert poll_interval(integration) == timedelta(seconds=4 * integration.poll_interval_seconds)
 
     EmailIntegration.objects.filter(pk=integration.pk).update(incoming_password=password)
     integration.refresh_from_db()
     assert not run_pass(integration=integration).failed
     integration.refresh_from_db()
-    assert integration.poll_failures == 0 and integration.last_error == ""
-    assert integration.last_success_at is not None
+    state = state_of(integration)
+    assert state.poll_failures == 0 and state.last_error == ""
+    assert state.last_success_at is not None
 
 
 @pytest.mark.django_db
@@ -92,7 +99,8 @@ def test_the_list_page_shows_the_last_success_and_the_back_off(
 ) -> None:
     integration = make_integration(**incoming_imap(name="Flaky"))
     last_success = timezone.now() - timedelta(hours=5)
-    EmailIntegration.objects.filter(pk=integration.pk).update(
+    MailboxState.objects.create(
+        integration=integration,
         last_success_at=last_success,
         last_polled_at=timezone.now(),
         last_error="imap.example.com:993 refused the connection",

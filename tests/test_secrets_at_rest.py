@@ -8,26 +8,23 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
 from integrations.encryption import decrypt_secret
-from integrations.models import EmailIntegration
+from integrations.models import EmailIntegration, OAuthGrant
 from tests.conftest import incoming_imap
 
 pytestmark = pytest.mark.django_db
 
-SECRET_COLUMNS = (
-    "incoming_password",
-    "smtp_password",
-    "oauth_client_secret",
-    "oauth_refresh_token",
-    "oauth_access_token",
-)
+SECRET_COLUMNS = ("incoming_password", "smtp_password", "oauth_client_secret")
+GRANT_SECRET_COLUMNS = ("refresh_token", "access_token")
 
 
-def raw_row(pk: int) -> dict[str, str]:
-    table = EmailIntegration._meta.db_table
-    columns = ", ".join(SECRET_COLUMNS)
+def raw_row(pk: int, model=EmailIntegration, columns=SECRET_COLUMNS) -> dict[str, str]:
+    table = model._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {columns} FROM {table} WHERE id = %s", [pk])  # noqa: S608
-        return dict(zip(SECRET_COLUMNS, cursor.fetchone(), strict=True))
+        cursor.execute(
+            f"SELECT {', '.join(columns)} FROM {table} WHERE id = %s",  # noqa: S608
+            [pk],
+        )
+        return dict(zip(columns, cursor.fetchone(), strict=True))
 
 
 def test_the_database_row_holds_no_secret_in_clear(make_integration) -> None:
@@ -41,22 +38,22 @@ def test_the_database_row_holds_no_secret_in_clear(make_integration) -> None:
             smtp_username="support",
         ),
     )
-    EmailIntegration.objects.filter(pk=integration.pk).update(
-        oauth_refresh_token="refresh-t0ken", oauth_access_token="access-t0ken"
+    grant = OAuthGrant.objects.create(
+        integration=integration, refresh_token="refresh-t0ken", access_token="access-t0ken"
     )
-    row = raw_row(integration.pk)
+    row = raw_row(integration.pk) | raw_row(grant.pk, OAuthGrant, GRANT_SECRET_COLUMNS)
     for column, clear in (
         ("incoming_password", "imap-pa55word"),
         ("smtp_password", "smtp-pa55word"),
-        ("oauth_refresh_token", "refresh-t0ken"),
-        ("oauth_access_token", "access-t0ken"),
+        ("refresh_token", "refresh-t0ken"),
+        ("access_token", "access-t0ken"),
     ):
         assert row[column].startswith("fernet:"), column
         assert clear not in row[column]
         assert decrypt_secret(row[column]) == clear
     stored = EmailIntegration.objects.get(pk=integration.pk)
     assert (stored.incoming_password, stored.smtp_password) == ("imap-pa55word", "smtp-pa55word")
-    assert stored.oauth_refresh_token == "refresh-t0ken"
+    assert stored.grant.refresh_token == "refresh-t0ken"
 
 
 def test_the_same_password_encrypts_differently_each_time(make_integration) -> None:

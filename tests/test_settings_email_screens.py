@@ -7,6 +7,7 @@ from django.test import Client
 from django.urls import reverse
 
 from integrations.models import EmailIntegration
+from mailworker.models import MailboxState
 from tests.conftest import incoming_imap
 
 pytestmark = pytest.mark.django_db
@@ -184,9 +185,7 @@ def test_the_list_shows_direction_protocol_and_last_error(
             outgoing_enabled=True, email_address="help@example.com", smtp_host="smtp.example.com"
         )
     )
-    EmailIntegration.objects.filter(pk=integration.pk).update(
-        last_error="Login failed: bad password"
-    )
+    MailboxState.objects.create(integration=integration, last_error="Login failed: bad password")
     client.force_login(admin_user)
     row = client.get(LIST).text
     assert "Both" in row and "IMAP · SMTP" in row and "help@example.com" in row

@@ -44,7 +44,7 @@ def _wait(condition, *, timeout: float, what: str, interval: float = 0.02) -> No
 def idle_latency(bench) -> list[Row]:
     if not bench.primary:
         return []
-    from integrations.models import EmailIntegration
+    from mailworker.models import MailboxState
     from records.models import ServiceRecord
     from tests.mail import make_email
 
@@ -70,8 +70,8 @@ def idle_latency(bench) -> list[Row]:
             what="the Celery worker",
         )
         _wait(
-            lambda: EmailIntegration.objects.filter(
-                pk=integration.pk, idle_status="listening"
+            lambda: MailboxState.objects.filter(
+                integration_id=integration.pk, idle_status="listening"
             ).exists(),
             timeout=60,
             what="mailidle to listen",

@@ -148,7 +148,7 @@ def _account_from_id_token(integration: EmailIntegration, id_token: str) -> str:
 def refresh(integration: EmailIntegration) -> TokenGrant:
     credentials = google.oauth2.credentials.Credentials(
         token=None,
-        refresh_token=integration.oauth_refresh_token,
+        refresh_token=integration.grant.refresh_token,
         token_uri=settings.OAUTH_GOOGLE_TOKEN_URI,
         client_id=integration.oauth_client_id.strip(),
         client_secret=_client_secret(integration),

@@ -181,7 +181,7 @@ def refresh(integration: EmailIntegration) -> TokenGrant:
         integration,
         "refreshing the access token",
         lambda app: app.acquire_token_by_refresh_token(
-            integration.oauth_refresh_token, scopes=DELEGATED_SCOPES
+            integration.grant.refresh_token, scopes=DELEGATED_SCOPES
         ),
     )
 

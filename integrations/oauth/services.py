@@ -1,7 +1,7 @@
 """Connecting an integration to its provider, and keeping what the provider gave.
 
-Writes go through `update()` on the row, not `save()`: an admin may be editing the same
-integration in the form, and a token refresh must not write back a stale copy of it.
+Tokens are the integration's OAuthGrant. Writes go through `update()` on that row, not
+`save()` of a copy read earlier: two workers may refresh, an admin may connect, at once.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from integrations.models import EmailIntegration, IncomingProtocol
+from integrations import signals
+from integrations.models import EmailIntegration, IncomingProtocol, OAuthGrant
 from integrations.oauth import google, microsoft
 from integrations.oauth.errors import ConnectRefused, OAuthSetupError, ReconnectNeeded
 from integrations.oauth.grants import TokenGrant
@@ -106,9 +107,7 @@ def connect_app_only(*, integration: EmailIntegration) -> TokenGrant:
 
 def disconnect(*, integration: EmailIntegration) -> None:
     """Forget the tokens (the app stays registered at the provider)."""
-    EmailIntegration.objects.filter(pk=integration.pk).update(**_cleared_tokens())
-    for name, value in _cleared_tokens().items():
-        setattr(integration, name, value)
+    _update(integration, _cleared_tokens())
 
 
 # Keeping tokens ---------------------------------------------------------------------------
@@ -121,7 +120,7 @@ def new_access_token(integration: EmailIntegration) -> TokenGrant:
     provider = _provider(integration)
     if integration.uses_app_only_oauth:
         return provider.app_only_token(integration)
-    if not integration.oauth_refresh_token:
+    if not integration.grant.refresh_token:
         raise ReconnectNeeded(
             f"The integration is not connected: press Connect with {provider_name(integration)} "
             "on its page and sign in as the mailbox's user."
@@ -130,56 +129,62 @@ def new_access_token(integration: EmailIntegration) -> TokenGrant:
 
 
 def store_grant(*, integration: EmailIntegration, grant: TokenGrant) -> None:
-    """Keep a connect flow's tokens; a (re)connect ends a "needs reconnect"."""
+    """Keep a connect flow's tokens; a (re)connect ends a "needs reconnect". Sends
+    `signals.reconnected`: the mail engine starts a new failure streak."""
     values: dict[str, Any] = {
-        "oauth_access_token": grant.access_token,
-        "oauth_access_token_expires_at": grant.expires_at,
-        "oauth_refresh_token": grant.refresh_token,
-        "oauth_account": grant.account,
+        "access_token": grant.access_token,
+        "access_token_expires_at": grant.expires_at,
+        "refresh_token": grant.refresh_token,
+        "account": grant.account,
         "needs_reconnect_reason": "",
         "needs_reconnect_since": None,
         "needs_reconnect_notified_at": None,
-        "last_error": "",
-        "last_error_at": None,
-        # A new sign-in starts a new streak: its failures alert admins again.
-        "consecutive_failures": 0,
-        "failure_alert_sent_at": None,
     }
-    _update(integration, values)
+    with transaction.atomic():
+        _update(integration, values)
+        signals.reconnected.send(sender=OAuthGrant, integration=integration)
 
 
 def store_access_token(*, integration: EmailIntegration, grant: TokenGrant) -> None:
     """Keep a refreshed access token (and the new refresh token, when the provider rotated
     it: Microsoft does, Google does not)."""
     values: dict[str, Any] = {
-        "oauth_access_token": grant.access_token,
-        "oauth_access_token_expires_at": grant.expires_at,
+        "access_token": grant.access_token,
+        "access_token_expires_at": grant.expires_at,
     }
     if grant.refresh_token:
-        values["oauth_refresh_token"] = grant.refresh_token
+        values["refresh_token"] = grant.refresh_token
     _update(integration, values)
 
 
 def mark_needs_reconnect(*, integration: EmailIntegration, reason: str) -> None:
     """The provider refused the stored grant: stop using it until an admin connects again.
-    The access token goes too, so nothing keeps trying with it."""
+    The access token goes too, so nothing keeps trying with it. Sends
+    `signals.needs_reconnect` once per refusal (until an admin connects again)."""
     values: dict[str, Any] = {
         "needs_reconnect_reason": reason,
-        "oauth_access_token": "",
-        "oauth_access_token_expires_at": None,
+        "access_token": "",
+        "access_token_expires_at": None,
     }
-    if integration.needs_reconnect_since is None:
+    current = integration.grant
+    if current.needs_reconnect_since is None:
         values["needs_reconnect_since"] = timezone.now()
-    _update(integration, values)
+    first_notice = current.needs_reconnect_notified_at is None
+    if first_notice:
+        values["needs_reconnect_notified_at"] = timezone.now()
+    with transaction.atomic():
+        _update(integration, values)
+        if first_notice:
+            signals.needs_reconnect.send(
+                sender=OAuthGrant,
+                integration=integration,
+                grant=integration.grant,
+                provider=provider_name(integration),
+            )
 
 
 def _cleared_tokens() -> dict[str, Any]:
-    return {
-        "oauth_access_token": "",
-        "oauth_access_token_expires_at": None,
-        "oauth_refresh_token": "",
-        "oauth_account": "",
-    }
+    return {"access_token": "", "access_token_expires_at": None, "refresh_token": "", "account": ""}
 
 
 def forget_tokens_of_another_app(*, integration: EmailIntegration) -> None:
@@ -209,14 +214,19 @@ def forget_tokens_of_another_app(*, integration: EmailIntegration) -> None:
         or before.oauth_tenant.strip() != integration.oauth_tenant.strip()
         or before.oauth_access != integration.oauth_access
         or before.oauth_mailbox.lower() != integration.oauth_mailbox.lower()
-    ):
-        for name, value in _cleared_tokens().items():
-            setattr(integration, name, value)
+    ) and OAuthGrant.objects.filter(integration_id=integration.pk).exists():
+        _update(integration, _cleared_tokens())
 
 
 @transaction.atomic
 def _update(integration: EmailIntegration, values: dict[str, Any]) -> None:
-    # Through the model field (encryption), not raw SQL; update() skips save() and signals.
-    EmailIntegration.objects.filter(pk=integration.pk).update(**values)
-    for name, value in values.items():
-        setattr(integration, name, value)
+    """One UPDATE of the integration's grant (created first when it has none), and the
+    same values on the grant the caller holds."""
+    # Through the model fields (encryption), not raw SQL; update() skips save() and signals.
+    grant = integration.grant
+    if OAuthGrant.objects.filter(integration_id=integration.pk).update(**values):
+        for name, value in values.items():
+            setattr(grant, name, value)
+    else:  # the first token of this integration
+        grant = OAuthGrant.objects.create(integration=integration, **values)
+    integration.oauth_grant = grant

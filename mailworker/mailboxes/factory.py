@@ -26,7 +26,7 @@ def open_mailbox(integration: EmailIntegration, **options: Any) -> Mailbox:
     """
     if integration.needs_reconnect:
         # Not even a connection: the provider refused the grant and only an admin can fix it.
-        raise NeedsReconnect(f"Needs reconnect: {integration.needs_reconnect_reason}")
+        raise NeedsReconnect(f"Needs reconnect: {integration.grant.needs_reconnect_reason}")
     adapter = ADAPTERS.get(integration.mailbox_protocol)
     if adapter is None:
         raise MailboxError(

@@ -24,13 +24,14 @@ from mailworker.mailboxes.base import (
     MailboxAuthError,
     MailboxError,
 )
-from mailworker.mailboxes.oauth import log_in_with_token, xoauth2_base64
+from mailworker.mailboxes.oauth import log_in_with_token
 from mailworker.mailboxes.tls import (
     describe_connection_error,
     ssl_context_for,
     uses_starttls,
     uses_tls,
 )
+from mailworker.transport.xoauth2 import xoauth2_base64
 
 logger = logging.getLogger(__name__)
 

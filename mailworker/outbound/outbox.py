@@ -566,7 +566,7 @@ class _Senders:
 
 
 def send_rows(rows: list[OutboxEmail], report: SendReport, senders: _Senders) -> None:
-    from mailworker.health import note_failure, note_success  # health queues via this module
+    from mailworker.status import note_failure, note_success  # health queues via this module
 
     for integration, group in _by_integration(rows):
         if integration is None or not integration.outgoing_enabled:

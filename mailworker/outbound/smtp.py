@@ -27,13 +27,9 @@ from django.core.mail.utils import DNS_NAME
 
 from integrations.models import EmailIntegration, Encryption
 from mailworker.mailboxes.base import MailboxAuthError, MailboxError
-from mailworker.mailboxes.oauth import (
-    NeedsReconnect,
-    access_token_for,
-    expire_access_token,
-    xoauth2_base64,
-)
+from mailworker.mailboxes.oauth import NeedsReconnect, access_token_for, expire_access_token
 from mailworker.mailboxes.tls import describe_connection_error, ssl_context_for
+from mailworker.transport.xoauth2 import xoauth2_base64
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 

@@ -16,17 +16,15 @@ from mailworker.models import OutboxEmail
 from mailworker.outbound.outbox import queue_email
 from mailworker.parsing import remove_emojis
 from mailworker.pipeline.context import EmailContext
-from records import signals
 from records.email_rules import RuleInput, RuleOutcome, apply_rule_outcome, evaluate_email_rules
-from records.models import Direction, EmailRule, Message, ProcessedEmail, User
+from records.models import EmailRule, Message, ProcessedEmail, User
 from records.services import (
-    add_attachment,
-    add_message,
     change_status_on_reply,
     create_end_user,
     create_record,
     find_user_by_email,
     get_or_create_end_user,
+    record_email_received,
 )
 
 
@@ -69,14 +67,17 @@ def log_email(
     *,
     subject: str,
     body: str,
-    just_opened: bool = False,
+    new_record: bool = False,
     author: User | None = None,
+    internal: bool = False,
 ) -> Message:
+    """Log the email in its record; records' service fires the event (record_created,
+    message_added or none, see record_email_received)."""
     email: InboundEmail = ctx.email
     assert ctx.record is not None
-    message = add_message(
+    return record_email_received(
         record=ctx.record,
-        direction=Direction.INCOMING,
+        new_record=new_record,
         from_address=email.from_address,
         subject=subject,
         text_body=body,
@@ -89,22 +90,15 @@ def log_email(
         date=email.date,
         raw_size=email.raw_size,
         integration=ctx.integration,
-        # A record opened by this email was created with this moment as its update time.
-        touch_record=not just_opened,
-        author=author,
-        # Set before record_created and message_added fire: notifications read them.
+        # Stored before the event fires: notifications read them.
         sender_verified=ctx.sender_verified,
         authentication=ctx.authentication,
+        attachments=email.attachments,
+        automatic=ctx.is_automatic,
+        acknowledge=may_acknowledge_sender(ctx),
+        author=author,
+        internal=internal,
     )
-    for part in email.attachments:
-        add_attachment(
-            message=message,
-            filename=part.filename,
-            content_type=part.content_type,
-            content=part.content,
-            content_id=part.content_id,
-        )
-    return message
 
 
 def verified_agent(ctx: EmailContext) -> User | None:
@@ -127,11 +121,7 @@ def log_internal_note(ctx: EmailContext, *, subject: str, body: str) -> Message:
     status change, no message_added event (so no notification: nothing a non-participant
     wrote is emailed to the requester, nor can a stranger make the desk mail its admins), and
     the record is not moved up the lists."""
-    # just_opened: the one way log_email leaves the record's update time alone.
-    message = log_email(ctx, subject=subject, body=body, just_opened=True)
-    message.is_internal = True
-    message.save(update_fields=["is_internal"])
-    return message
+    return log_email(ctx, subject=subject, body=body, internal=True)
 
 
 def requester_of(ctx: EmailContext) -> User:
@@ -214,14 +204,7 @@ def apply_email(ctx: EmailContext) -> str:
     subject, body = cleaned_subject_and_body(ctx)
     if ctx.record is None:
         open_record(ctx, subject=subject, body=body)
-        message = log_email(ctx, subject=subject, body=body, just_opened=True)
-        signals.record_created.send(
-            sender=Message,
-            record=ctx.record,
-            message=message,
-            automatic=ctx.is_automatic,
-            acknowledge=may_acknowledge_sender(ctx),
-        )
+        log_email(ctx, subject=subject, body=body, new_record=True)
         outcome = ProcessedEmail.Outcome.CREATED
     elif ctx.as_internal_note:
         log_internal_note(ctx, subject=subject, body=body)
@@ -230,8 +213,7 @@ def apply_email(ctx: EmailContext) -> str:
         agent = verified_agent(ctx)
         if agent is None:
             change_status(ctx)
-            message = log_email(ctx, subject=subject, body=body)
-            signals.message_added.send(sender=Message, message=message, automatic=ctx.is_automatic)
+            log_email(ctx, subject=subject, body=body)
         else:
             # An agent writing into a record by email is the desk speaking, not the user
             # responding: no status change, and nothing is relayed to the requester (an

@@ -15,11 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db.models import F
-from django.utils import timezone
 
 from integrations.models import EmailIntegration
-from mailworker.health import note_failure, note_success
 from mailworker.locks import integration_lock
 from mailworker.mailboxes.base import DEFAULT_BATCH_SIZE, FetchedMessage, Mailbox, MailboxError
 from mailworker.mailboxes.factory import open_mailbox
@@ -32,6 +29,7 @@ from mailworker.pipeline.process import (
     RawEmail,
     process_chunk,
 )
+from mailworker.status import note_failure, note_poll, note_success
 
 logger = logging.getLogger(__name__)
 
@@ -94,17 +92,10 @@ def max_message_bytes() -> int:
 
 
 def record_poll(integration: EmailIntegration, report: PassReport) -> None:
-    now = timezone.now()
-    fields: dict[str, object] = {"last_polled_at": now}
-    if report.failed:
-        error = "; ".join(report.errors)[:10_000]
-        failures = F("poll_failures") + 1
-        fields |= {"last_error": error, "last_error_at": now, "poll_failures": failures}
-    else:
-        fields |= {"last_success_at": now, "last_error": "", "poll_failures": 0}
-    EmailIntegration.objects.filter(pk=integration.pk).update(**fields)
+    error = "; ".join(report.errors)[:10_000] if report.failed else None
+    note_poll(integration=integration, error=error)
     try:
-        if report.failed:
+        if error is not None:
             note_failure(integration=integration, direction="fetch email", error=error)
         else:
             note_success(integration=integration)

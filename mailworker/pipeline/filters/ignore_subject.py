@@ -11,10 +11,9 @@ import logging
 from functools import lru_cache
 
 import regex
-from django.utils import timezone
 
-from integrations.models import EmailIntegration
 from mailworker.pipeline.context import CONTINUE, EmailContext, Verdict, ignore
+from mailworker.status import note_subject_regex_timeout
 
 logger = logging.getLogger(__name__)
 MATCH_TIMEOUT_SECONDS = 0.2
@@ -48,9 +47,7 @@ def check(ctx: EmailContext) -> Verdict:
             ctx.integration.name,
             ctx.email.subject[:200],
         )
-        EmailIntegration.objects.filter(pk=ctx.integration.pk).update(
-            subject_regex_timed_out_at=timezone.now()
-        )
+        note_subject_regex_timeout(integration_id=ctx.integration.pk)
         ctx.notes.append("ignore-subject pattern timed out (counted as no match)")
         return CONTINUE
     if matched:

@@ -1,0 +1,1 @@
+"""Leaves every transport shares: error vocabulary, TLS, XOAUTH2."""
