@@ -75,7 +75,7 @@ def test_an_email_s_display_name_and_subject_are_cleaned_of_control_characters(
     mailbox = dovecot_integration(protocol="imap", encryption="ssl")
     sender = smtp_integration(encryption="tls")
     raw = (
-        b"From: =?utf-8?q?Jane=0BBcc:_victim@x.test=1C?= <jane@customer.test>\r\n"
+        b"From: =?utf-8?q?Jane=0BX-Injected:_yes=1C?= <jane@customer.test>\r\n"
         b"To: support@desk.test\r\n"
         b"Subject: =?utf-8?q?Printer=0BBcc:_victim@x.test=0CX-Injected:_one=E2=80=A8end=07?=\r\n"
         b"Message-ID: <control-1@customer.test>\r\n\r\nBlank pages.\r\n"
@@ -89,7 +89,7 @@ def test_an_email_s_display_name_and_subject_are_cleaned_of_control_characters(
     assert record.title == "Printer Bcc: victim@x.test X-Injected: one end"
     requester = record.requester
     assert requester.email == "jane@customer.test"
-    assert (requester.first_name, requester.last_name) == ("Jane", "Bcc: victim@x.test")
+    assert (requester.first_name, requester.last_name) == ("Jane", "X-Injected: yes")
     requester.full_clean()  # what an admin saving this user would run: nothing to refuse
 
     smtp_server.clear()
