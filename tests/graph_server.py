@@ -149,6 +149,8 @@ class GraphServer:
         self.subscriptions: dict[str, Subscription] = {}
         self.sent: list[tuple[str, bytes]] = []  # (mailbox, MIME) of every sendMail
         self.requests: Counter[str] = Counter()  # "GET delta", "DELETE message", ...
+        # Each delta request: "start" (no token), "delta" (a deltaLink), "next" (a nextLink).
+        self.delta_requests: list[str] = []
         self.notifications: list[tuple[str, int, dict[str, Any]]] = []  # (url, status, body)
         # Where the desk's public URL is served from in the tests: the reverse proxy that
         # would stand between Graph and the desk, as {public prefix: local base URL}.
@@ -502,9 +504,7 @@ def _handler_for(server: GraphServer) -> type[BaseHTTPRequestHandler]:
         def _authenticate(self) -> Any:
             header = self.headers.get("Authorization", "")
             if not header.startswith("Bearer "):
-                raise GraphError(
-                    401, "InvalidAuthenticationToken", "Access token is empty."
-                )
+                raise GraphError(401, "InvalidAuthenticationToken", "Access token is empty.")
             token = server.oauth.token(header[7:])
             if token is None:
                 raise GraphError(
@@ -601,9 +601,7 @@ def _handler_for(server: GraphServer) -> type[BaseHTTPRequestHandler]:
         def _find_folder(self, mailbox: Mailbox, name: str) -> Folder:
             with server._lock:
                 if name.lower() in WELL_KNOWN:
-                    return next(
-                        f for f in mailbox.folders.values() if f.well_known == name.lower()
-                    )
+                    return next(f for f in mailbox.folders.values() if f.well_known == name.lower())
                 folder = mailbox.folders.get(name)
             if folder is None:
                 raise GraphError(
@@ -664,7 +662,9 @@ def _handler_for(server: GraphServer) -> type[BaseHTTPRequestHandler]:
                 try:
                     destination_id = json.loads(body or b"{}")["destinationId"]
                 except (ValueError, KeyError) as exc:
-                    raise GraphError(400, "ErrorInvalidRequest", "destinationId is missing.") from exc
+                    raise GraphError(
+                        400, "ErrorInvalidRequest", "destinationId is missing."
+                    ) from exc
                 destination = self._find_folder(mailbox, destination_id)
                 moved = self._move(mailbox, message, destination)
                 return self._json(201, self._message_json(moved, None))
@@ -725,7 +725,12 @@ def _handler_for(server: GraphServer) -> type[BaseHTTPRequestHandler]:
             the order of their last event, paged by the (sequence, id) of the last item
             given: messages deleted while the client pages do not shift the pages."""
             page_size = self._page_size()
-            select = {s.strip() for s in query["$select"].split(",")} if "$select" in query else None
+            select = (
+                {s.strip() for s in query["$select"].split(",")} if "$select" in query else None
+            )
+            server.delta_requests.append(
+                "delta" if "$deltatoken" in query else "next" if "$skiptoken" in query else "start"
+            )
             if "$deltatoken" in query:
                 token = _decode_token(query["$deltatoken"])
                 since, upto, after = token["s"], None, None
@@ -860,9 +865,7 @@ def _handler_for(server: GraphServer) -> type[BaseHTTPRequestHandler]:
             with server._lock:
                 subscription = server.subscriptions.get(parts[0])
             if subscription is None:
-                raise GraphError(
-                    404, "ResourceNotFound", f"The object '{parts[0]}' doesn't exist."
-                )
+                raise GraphError(404, "ResourceNotFound", f"The object '{parts[0]}' doesn't exist.")
             if method == "GET":
                 return self._json(200, self._subscription_json(subscription))
             if method == "DELETE":
@@ -901,9 +904,7 @@ def _handler_for(server: GraphServer) -> type[BaseHTTPRequestHandler]:
             except (ValueError, KeyError) as exc:
                 raise GraphError(400, "InvalidRequest", f"Missing property: {exc}.") from exc
             if not notification_url.startswith("https://"):
-                raise GraphError(
-                    400, "InvalidRequest", "The notification URL must use https."
-                )
+                raise GraphError(400, "InvalidRequest", "The notification URL must use https.")
             expires_at = self._expiry(data.get("expirationDateTime", ""))
             # "users/{id}/mailFolders('inbox')/messages" or ".../mailFolders/{id}/messages"
             path = resource.strip("/").replace("('", "/").replace("')", "")
