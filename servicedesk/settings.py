@@ -325,6 +325,8 @@ if not 1 <= GRAPH_CONCURRENT_REQUESTS <= 4:
 # Push through Graph change notifications needs the desk's public HTTPS address (Graph
 # calls https://<it>/graph/notifications/); empty or http: polling only.
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="")
+# How often beat creates, renews (a day before they end) or drops Graph subscriptions.
+GRAPH_SUBSCRIPTIONS_CHECK_SECONDS = env.int("GRAPH_SUBSCRIPTIONS_CHECK_SECONDS", default=900)
 
 LOGGING = {
     "version": 1,

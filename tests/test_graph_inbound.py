@@ -3,8 +3,10 @@ tokens from the tests' OAuth server: the pipeline's guarantees hold as they do f
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -405,3 +407,218 @@ def test_the_processed_marker_is_the_same_for_graph_and_imap(graph, graph_integr
 def admin_client_for_graph(client, admin_user) -> Any:
     client.force_login(admin_user)
     return client
+
+
+# Push: Graph change notifications ------------------------------------------------------------
+
+PUBLIC = "https://desk.example.test"
+
+
+@pytest.fixture
+def eager_tasks(settings) -> Iterator[None]:
+    """Tasks queued by name run at once, in the process that queues them (the live server's
+    thread here), instead of going to a broker."""
+    import mailworker.tasks  # noqa: F401 - registers the tasks queued by name
+    from servicedesk.celery import app
+
+    settings.INGEST_PARSE_PROCESSES = 0
+    app.conf.task_always_eager = True
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager = False
+
+
+@pytest.fixture
+def public_desk(graph: GraphServer, live_server: Any, settings) -> GraphServer:
+    """The desk at a public HTTPS address; its reverse proxy, in the tests, is the Graph
+    server's route to the live server."""
+    settings.PUBLIC_BASE_URL = PUBLIC
+    graph.route(PUBLIC, live_server.url)
+    return graph
+
+
+def notification(subscription_id: str, client_state: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "value": [
+            {
+                "subscriptionId": subscription_id,
+                "clientState": client_state,
+                "changeType": "created",
+                "resource": "Users/x/Messages/y",
+                **extra,
+            }
+        ]
+    }
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"not within {timeout} s")
+
+
+def test_the_notification_url_answers_graphs_validation_token(client) -> None:
+    token = "Validation: Testing client application reachability for subscription Request-Id: 1"
+
+    answer = client.post(
+        reverse("graph_notifications") + "?validationToken=" + token.replace(" ", "%20")
+    )
+
+    assert answer.status_code == 200
+    assert answer["Content-Type"].startswith("text/plain")
+    assert answer.content.decode() == token
+
+
+def test_without_a_public_https_address_there_is_no_subscription(
+    graph, graph_integration, settings
+) -> None:
+    from mailworker.graph_push import keep_subscription
+
+    settings.PUBLIC_BASE_URL = "http://desk.example.test"  # Graph calls only https
+    integration = graph_integration()
+
+    assert keep_subscription(integration=integration) is None
+    assert not graph.subscriptions
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_notification_makes_the_new_email_a_record_within_seconds(
+    public_desk, graph_integration, eager_tasks
+) -> None:
+    from mailworker.graph_push import keep_subscription
+
+    graph = public_desk
+    integration = graph_integration(poll_interval_seconds=3600)
+    subscription = keep_subscription(integration=integration)  # Graph validates the URL here
+
+    assert subscription is not None
+    remote = graph.subscriptions[subscription.subscription_id]
+    assert remote.notification_url == f"{PUBLIC}/graph/notifications/"
+    assert (
+        timedelta(minutes=4100) < remote.expires_at - datetime.now(UTC) <= timedelta(minutes=4230)
+    )
+    assert remote.client_state and remote.client_state not in subscription.client_state_sha256
+
+    delivered = time.monotonic()
+    graph.deliver(integration.incoming_username, make_email(subject="Pushed"))
+    wait_for(lambda: ServiceRecord.objects.filter(title="Pushed").exists())
+    print(f"\nGraph push, delivery to record: {time.monotonic() - delivered:.2f} s")
+
+    def answers() -> list[int]:
+        return [
+            status
+            for _url, status, body in graph.notifications
+            if body["value"][0]["subscriptionId"] == subscription.subscription_id
+        ]
+
+    wait_for(lambda: bool(answers()))
+    assert answers() == [202]
+    assert graph.count(integration.incoming_username) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_notification_with_a_wrong_client_state_is_refused(
+    public_desk, graph_integration, eager_tasks, client
+) -> None:
+    from mailworker.graph_push import keep_subscription
+
+    graph = public_desk
+    graph.notify_new_mail = False
+    integration = graph_integration()
+    subscription = keep_subscription(integration=integration)
+    graph.deliver(integration.incoming_username, make_email(subject="Forged"))
+    url = reverse("graph_notifications")
+
+    forged = client.post(
+        url,
+        data=json.dumps(notification(subscription.subscription_id, "guessed")),
+        content_type="application/json",
+    )
+    unknown = client.post(
+        url,
+        data=json.dumps(notification("no-such-subscription", "guessed")),
+        content_type="application/json",
+    )
+
+    assert forged.status_code == unknown.status_code == 403
+    assert not ServiceRecord.objects.exists()
+    assert graph.count(integration.incoming_username) == 1
+
+    right = graph.subscriptions[subscription.subscription_id].client_state
+    genuine = client.post(
+        url,
+        data=json.dumps(notification(subscription.subscription_id, right)),
+        content_type="application/json",
+    )
+
+    assert genuine.status_code == 202
+    assert ServiceRecord.objects.filter(title="Forged").exists()
+
+
+def test_no_subscription_when_graph_cannot_validate_the_notification_url(
+    graph, graph_integration, settings
+) -> None:
+    from mailworker.graph_push import keep_subscriptions
+    from mailworker.models import GraphSubscription
+
+    settings.PUBLIC_BASE_URL = PUBLIC
+    graph.route(PUBLIC, "http://127.0.0.1:9")  # nobody answers: creation must fail...
+    graph_integration()
+    assert keep_subscriptions() == 0  # ...as Graph refuses a URL it cannot validate
+    assert not GraphSubscription.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_beat_renews_a_subscription_that_ends_within_a_day(public_desk, graph_integration) -> None:
+    from django.utils import timezone
+
+    from mailworker.graph_push import keep_subscription, keep_subscriptions
+    from mailworker.models import GraphSubscription
+
+    graph = public_desk
+    integration = graph_integration()
+    subscription = keep_subscription(integration=integration)
+    assert keep_subscriptions() == 1
+    assert graph.subscriptions[subscription.subscription_id].renewals == 0  # not yet due
+    GraphSubscription.objects.filter(pk=subscription.pk).update(
+        expires_at=timezone.now() + timedelta(hours=5)
+    )
+
+    assert keep_subscriptions() == 1
+
+    subscription.refresh_from_db()
+    assert graph.subscriptions[subscription.subscription_id].renewals == 1
+    assert subscription.renewed_at is not None
+    assert subscription.expires_at > timezone.now() + timedelta(hours=60)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_lifecycle_notifications_renew_or_recreate_and_poll(
+    public_desk, graph_integration, eager_tasks
+) -> None:
+    from mailworker.graph_push import keep_subscription
+    from mailworker.models import GraphSubscription
+
+    graph = public_desk
+    integration = graph_integration()
+    first = keep_subscription(integration=integration)
+
+    assert graph.lifecycle(first.subscription_id, "reauthorizationRequired") == 202
+    assert graph.subscriptions[first.subscription_id].renewals == 1
+
+    graph.notify_new_mail = False
+    graph.deliver(integration.incoming_username, make_email(subject="Missed while removed"))
+    assert graph.lifecycle(first.subscription_id, "subscriptionRemoved") == 202
+
+    second = GraphSubscription.objects.get(integration=integration)
+    assert second.subscription_id != first.subscription_id
+    assert second.subscription_id in graph.subscriptions
+    assert ServiceRecord.objects.filter(title="Missed while removed").exists()
+
+    graph.deliver(integration.incoming_username, make_email(subject="Missed"))
+    assert graph.lifecycle(second.subscription_id, "missed") == 202
+    assert ServiceRecord.objects.filter(title="Missed").exists()
