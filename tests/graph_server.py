@@ -266,6 +266,10 @@ class GraphServer:
         with self._lock:
             self._throttle.extend([(status, code, retry_after)] * requests)
 
+    def stop_throttling(self) -> None:
+        with self._lock:
+            self._throttle.clear()
+
     def fail_next(self, what: str, times: int = 1) -> None:
         """Make the next `times` requests of a kind ("DELETE message", "POST move", ...)
         fail with 500, as a server that refuses the ack."""
@@ -974,6 +978,7 @@ def graph(graph_server: GraphServer, oauth_settings: OAuthServer, settings: Any)
     with graph_server._lock:
         graph_server._throttle.clear()
         graph_server._failures.clear()
+    graph_server.delta_requests.clear()
     graph_server.value_delay = 0.0
     graph_server.notify_new_mail = True
     return graph_server

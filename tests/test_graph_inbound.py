@@ -127,6 +127,21 @@ def test_many_pages_and_batches_import_everything_once(graph, graph_integration)
     assert "next" in graph.delta_requests
 
 
+def test_a_pass_ends_when_the_last_batch_was_full_and_nothing_came_since(
+    graph, graph_integration
+) -> None:
+    """The pass asks again after a full batch; a round that lists nothing new ends it."""
+    integration = graph_integration()
+    graph.deliver(integration.incoming_username, numbered(4, "Even"))
+
+    report = run_pass(integration=integration, batch_size=2)
+    idle = run_pass(integration=integration, batch_size=2)
+
+    assert report.counts["created"] == 4, report.errors
+    assert idle.fetched == 0 and not idle.failed
+    assert len(graph.delta_requests) <= 6
+
+
 def test_an_expired_delta_link_resyncs_from_the_start_without_duplicates(
     graph, graph_integration
 ) -> None:
@@ -287,8 +302,7 @@ def test_a_mailbox_that_stays_throttled_ends_the_pass_with_a_temporary_error(
     assert "keeps throttling" in report.errors[0] and "next pass goes on" in report.errors[0]
     integration.refresh_from_db()
     assert not integration.needs_reconnect
-    graph.throttle(0)
-    graph._throttle.clear()
+    graph.stop_throttling()
     assert run_pass(integration=integration).counts["created"] == 1
 
 

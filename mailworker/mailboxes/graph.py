@@ -73,10 +73,13 @@ class GraphMailbox(Mailbox):
         self.processed_folder_id = ""
         self._pool: ThreadPoolExecutor | None = None
         # The delta round under way: the next page to ask for ("" = start a round), the
-        # ids of the current page not yet handed out, and the round's closing link.
+        # ids of the current page not yet handed out, and the round's closing link (set
+        # once Graph gave it: the round has no more pages). A round that listed nothing
+        # new ends the fetch() that started it, so an idle mailbox is not asked again.
         self._next_url = ""
         self._page: deque[str] = deque()
         self._round_link = ""
+        self._saved_link = ""
         self._unacked: set[str] = set()
 
     # Connecting ----------------------------------------------------------------------
@@ -155,10 +158,11 @@ class GraphMailbox(Mailbox):
     def fetch(self, *, limit: int = DEFAULT_BATCH_SIZE) -> Iterator[FetchedMessage]:
         if limit <= 0:
             return
-        if self._round_link and not self._unacked and not self._page:
-            # The previous call ended a round and everything of it was acked: go on from
-            # its link, for what arrived meanwhile.
+        if self._round_link and not self._page and not self._unacked:
+            # The previous call ended a round and everything of it was acked: start the
+            # next round from its link, for what arrived meanwhile.
             self._save_round()
+            self._round_link = ""
         given = 0
         resynced = False
         while given < limit:
@@ -222,12 +226,13 @@ class GraphMailbox(Mailbox):
     def _save_round(self) -> None:
         """Every message of the round was committed and acked: the next pass starts from
         the round's link."""
-        GraphFolderState.objects.update_or_create(
-            integration=self.integration,
-            folder_id=self.folder_id,
-            defaults={"delta_link": self._round_link},
-        )
-        self._round_link = ""
+        if self._round_link and self._round_link != self._saved_link:
+            GraphFolderState.objects.update_or_create(
+                integration=self.integration,
+                folder_id=self.folder_id,
+                defaults={"delta_link": self._round_link},
+            )
+            self._saved_link = self._round_link
         self._next_url = ""
 
     def _forget_delta_link(self) -> None:
@@ -243,6 +248,7 @@ class GraphMailbox(Mailbox):
         self._next_url = ""
         self._page.clear()
         self._round_link = ""
+        self._saved_link = ""
 
     def _download(self, ids: list[str]) -> Iterator[FetchedMessage]:
         """The messages' MIME, in order, with up to `concurrency` requests in flight."""
@@ -264,7 +270,10 @@ class GraphMailbox(Mailbox):
                 message = future.result()
             except TokenRejected:
                 token = client.refresh_token(token)
-                message = self._get_mime(message_id, token)
+                try:
+                    message = self._get_mime(message_id, token)
+                except TokenRejected as exc:
+                    raise client.refused_fresh_token(exc, "reading a message") from exc
             except BaseException:
                 for _id, other in window:
                     other.cancel()
@@ -331,6 +340,9 @@ class GraphMailbox(Mailbox):
                 token = client.refresh_token(token)
                 try:
                     self._remove(uid, token)
+                except TokenRejected as exc:
+                    failure = failure or client.refused_fresh_token(exc, "removing a message")
+                    continue
                 except BaseException as exc:
                     failure = failure or exc
                     continue

@@ -115,11 +115,14 @@ class GraphClient:
         try:
             return self.request_with(token, method, url, action=action, **options)
         except TokenRejected as exc:
-            raise MailboxAuthError(
-                f"Microsoft Graph refused a fresh access token for {self.mailbox} while "
-                f"{action} ({exc}). Check the app's tenant and that its permissions were "
-                "granted with admin consent."
-            ) from exc
+            raise self.refused_fresh_token(exc, action) from exc
+
+    def refused_fresh_token(self, exc: TokenRejected, action: str) -> MailboxAuthError:
+        return MailboxAuthError(
+            f"Microsoft Graph refused a fresh access token for {self.mailbox} while "
+            f"{action} ({exc}). Check the app's tenant and that its permissions were "
+            "granted with admin consent."
+        )
 
     def request_with(
         self, token: str, method: str, url: str, *, action: str, **options: Any
