@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from django.urls import reverse
 
-from integrations.models import EmailIntegration
+from integrations.models import EmailIntegration, OAuthGrant
 from mailworker.connection_tests import test_incoming_connection
 from mailworker.mailboxes.factory import open_mailbox
 from mailworker.models import GraphFolderState
@@ -35,8 +35,17 @@ def graph_integration(graph: GraphServer) -> Callable[..., EmailIntegration]:
     return make
 
 
-def numbered(count: int, prefix: str, start: int = 0) -> list[bytes]:
-    return [make_email(subject=f"{prefix} {n}", body=f"Body {n}") for n in range(start, count)]
+def numbered(end: int, prefix: str, start: int = 0) -> list[bytes]:
+    """Emails `prefix start` to `prefix end-1`, from many people of many companies (below
+    the flood limits)."""
+    return [
+        make_email(
+            sender=f"User {n} <user{n}@customer{n % 50}.test>",
+            subject=f"{prefix} {n}",
+            body=f"Body {n}",
+        )
+        for n in range(start, end)
+    ]
 
 
 def imported_once(prefix: str, total: int) -> None:
@@ -300,8 +309,7 @@ def test_a_mailbox_that_stays_throttled_ends_the_pass_with_a_temporary_error(
 
     assert report.failed
     assert "keeps throttling" in report.errors[0] and "next pass goes on" in report.errors[0]
-    integration.refresh_from_db()
-    assert not integration.needs_reconnect
+    assert not EmailIntegration.objects.get(pk=integration.pk).needs_reconnect
     graph.stop_throttling()
     assert run_pass(integration=integration).counts["created"] == 1
 
@@ -345,14 +353,13 @@ def test_a_refused_grant_marks_the_integration_needs_reconnect(
     connect_with_test_client(client, integration, oauth_settings)
     integration.refresh_from_db()
     graph.oauth.revoke(integration.incoming_username)
-    EmailIntegration.objects.filter(pk=integration.pk).update(oauth_access_token_expires_at=None)
-    integration.refresh_from_db()
+    OAuthGrant.objects.filter(integration=integration).update(access_token_expires_at=None)
+    integration = EmailIntegration.objects.get(pk=integration.pk)
 
     report = run_pass(integration=integration)
 
     assert report.failed and "Needs reconnect" in report.errors[0]
-    integration.refresh_from_db()
-    assert integration.needs_reconnect
+    assert EmailIntegration.objects.get(pk=integration.pk).needs_reconnect
 
 
 # Test connection ----------------------------------------------------------------------------
