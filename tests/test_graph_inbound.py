@@ -643,3 +643,29 @@ def test_lifecycle_notifications_renew_or_recreate_and_poll(
     graph.deliver(integration.incoming_username, make_email(subject="Missed"))
     assert graph.lifecycle(second.subscription_id, "missed") == 202
     assert ServiceRecord.objects.filter(title="Missed").exists()
+
+
+def test_the_graph_server_keeps_what_sendmail_sent(graph, graph_integration) -> None:
+    """For the Graph sender to come: sendMail takes base64 MIME as text/plain, answers 202
+    and saves the message to Sent Items."""
+    import base64
+
+    from mailworker.mailboxes.graph_client import GraphClient
+
+    integration = graph_integration()
+    raw = make_email(sender=integration.incoming_username, to="jane@customer.test")
+    client = GraphClient(integration, timeout=10)
+    try:
+        answer = client.request(
+            "POST",
+            client.user_url("/sendMail"),
+            data=base64.b64encode(raw),
+            headers={"Content-Type": "text/plain"},
+            action="sending",
+        )
+    finally:
+        client.close()
+
+    assert answer.status_code == 202
+    assert graph.sent[-1] == (integration.incoming_username, raw)
+    assert [m.mime for m in graph.messages(integration.incoming_username, "sentitems")] == [raw]
