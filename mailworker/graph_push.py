@@ -29,6 +29,7 @@ from typing import Any
 
 from celery import current_app
 from django.conf import settings
+from django.core.cache import cache
 from django.urls import reverse
 from django.utils import timezone
 
@@ -47,6 +48,7 @@ RENEW_WHEN_LEFT = timedelta(hours=24)
 TIMEOUT_SECONDS = 20.0
 POLL_TASK = "mailworker.tasks.poll_integration"
 KEEP_TASK = "mailworker.tasks.keep_graph_subscription"
+PUSH_DEBOUNCE_SECONDS = 2
 
 
 # Where Graph calls us ----------------------------------------------------------------------
@@ -242,8 +244,18 @@ def handle_notifications(notifications: Iterable[Any]) -> NotificationOutcome:
         else:  # a new message, or "missed": the delta query of a pass catches up
             outcome.passes.add(integration_id)
     for integration_id in outcome.passes:
-        queue_task(POLL_TASK, integration_id, retry_if_busy=True)
+        queue_pass(integration_id)
     return outcome
+
+
+def queue_pass(integration_id: int) -> None:
+    """A pass now, unless one was queued for the integration within PUSH_DEBOUNCE_SECONDS;
+    then one more after the burst, so the last email of a burst is not left for the poll.
+    Graph sends a notification per email: a hundred emails need two passes, not a hundred."""
+    if cache.add(f"graph-push:{integration_id}", True, PUSH_DEBOUNCE_SECONDS):
+        queue_task(POLL_TASK, integration_id, retry_if_busy=True)
+    elif cache.add(f"graph-push-after:{integration_id}", True, PUSH_DEBOUNCE_SECONDS * 2):
+        queue_task(POLL_TASK, integration_id, retry_if_busy=True, countdown=PUSH_DEBOUNCE_SECONDS)
 
 
 def _subscription_for(notification: dict[str, Any]) -> GraphSubscription | None:
@@ -258,9 +270,10 @@ def _subscription_for(notification: dict[str, Any]) -> GraphSubscription | None:
     return subscription
 
 
-def queue_task(task: str, integration_id: int, **kwargs: Any) -> None:
+def queue_task(task: str, integration_id: int, *, countdown: float = 0, **kwargs: Any) -> None:
     """Start a task by name (the web process imports no task module)."""
-    current_app.signature(task, args=(integration_id,), kwargs=kwargs).apply_async()
+    signature = current_app.signature(task, args=(integration_id,), kwargs=kwargs)
+    signature.apply_async(countdown=countdown or None)
 
 
 # Helpers -------------------------------------------------------------------------------------

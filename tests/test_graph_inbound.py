@@ -454,8 +454,11 @@ def eager_tasks(settings) -> Iterator[None]:
 def public_desk(graph: GraphServer, live_server: Any, settings) -> GraphServer:
     """The desk at a public HTTPS address; its reverse proxy, in the tests, is the Graph
     server's route to the live server."""
+    from django.core.cache import cache
+
     settings.PUBLIC_BASE_URL = PUBLIC
     graph.route(PUBLIC, live_server.url)
+    cache.clear()  # push's debounce keys of earlier tests
     return graph
 
 
@@ -669,3 +672,21 @@ def test_the_graph_server_keeps_what_sendmail_sent(graph, graph_integration) -> 
     assert answer.status_code == 202
     assert graph.sent[-1] == (integration.incoming_username, raw)
     assert [m.mime for m in graph.messages(integration.incoming_username, "sentitems")] == [raw]
+
+
+def test_a_burst_of_notifications_makes_one_pass_and_one_after_it(
+    graph, graph_integration, eager_tasks
+) -> None:
+    from django.core.cache import cache
+
+    from mailworker.graph_push import queue_pass
+
+    cache.clear()
+    integration = graph_integration()
+    graph.deliver(integration.incoming_username, numbered(1, "Burst"))
+
+    for _notification in range(5):
+        queue_pass(integration.pk)
+
+    assert graph.delta_requests == ["start", "delta"]  # the pass, and the one after the burst
+    assert ServiceRecord.objects.filter(title="Burst 0").count() == 1
