@@ -412,6 +412,17 @@ def test_a_missing_folder_is_named_with_the_folders_there_are(graph, graph_integ
     assert "Inbox" in outcome.message
 
 
+def test_an_unknown_mailbox_is_named(graph, graph_integration) -> None:
+    integration = graph_integration()
+    EmailIntegration.objects.filter(pk=integration.pk).update(incoming_username="nobody@desk.test")
+    integration = EmailIntegration.objects.get(pk=integration.pk)
+
+    outcome = test_incoming_connection(integration=integration)
+
+    assert not outcome.ok
+    assert "Microsoft Graph does not know the mailbox nobody@desk.test" in outcome.message
+
+
 def test_the_processed_marker_is_the_same_for_graph_and_imap(graph, graph_integration) -> None:
     """The same bytes give the same marker: nothing in the Graph path rewrites the MIME."""
     integration = graph_integration()
