@@ -1,19 +1,18 @@
 """Push for Microsoft 365 (Graph) mailboxes: Graph change notifications start a pass.
 
 When the desk has a public HTTPS address (PUBLIC_BASE_URL), each enabled Graph integration
-holds a subscription to new messages in its folder. Graph then POSTs to
-https://<PUBLIC_BASE_URL>/graph/notifications/ a moment after an email arrives, and the
-view queues the integration's pass: the email becomes a record in seconds, not a poll
-interval later. The delta query of the pass still decides what is read, so a lost or
-repeated notification costs nothing; polling stays as the safety net. Without a public
-HTTPS address (Graph calls only https URLs it can reach), integrations are polled only.
-
-A subscription to messages lives at most 4230 minutes: beat renews each one a day before
-it ends, recreates one that Graph removed, and Graph's lifecycle notifications
-(reauthorizationRequired, subscriptionRemoved, missed) are answered at once.
+holds a subscription to new messages in its folder (mailworker/graph_subscriptions.py).
+Graph then POSTs to https://<PUBLIC_BASE_URL>/graph/notifications/ a moment after an email
+arrives, and the view queues the integration's pass by task name: the email becomes a
+record in seconds, not a poll interval later. The delta query of the pass still decides
+what is read, so a lost or repeated notification costs nothing; polling stays as the safety
+net. Without a public HTTPS address (Graph calls only https URLs it can reach),
+integrations are polled only.
 
 Every notification carries the clientState we gave at creation, in clear. Only its SHA-256
 is stored, compared in constant time: a notification without the right one is refused.
+This module imports no transport: the web process that answers Graph only reads the
+subscription rows and queues tasks.
 """
 
 from __future__ import annotations
@@ -21,31 +20,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
 from django.urls import reverse
-from django.utils import timezone
 
-from integrations.models import EmailIntegration, IncomingProtocol
-from mailworker.mailboxes.base import MailboxError
-from mailworker.mailboxes.graph import GraphMailbox
-from mailworker.mailboxes.graph_client import GraphClient, GraphNotFound
 from mailworker.models import GraphSubscription
 
 logger = logging.getLogger(__name__)
 
-# Graph's limit for mail is 4230 minutes; ask for a little less, so clocks that differ by a
-# few minutes never make Graph refuse the date.
-SUBSCRIPTION_LIFETIME = timedelta(minutes=4200)
-RENEW_WHEN_LEFT = timedelta(hours=24)
-TIMEOUT_SECONDS = 20.0
 POLL_TASK = "mailworker.tasks.poll_integration"
 KEEP_TASK = "mailworker.tasks.keep_graph_subscription"
 PUSH_DEBOUNCE_SECONDS = 2
@@ -61,154 +48,6 @@ def notification_url() -> str:
     if not base.lower().startswith("https://"):
         return ""
     return base + reverse("graph_notifications")
-
-
-def push_integrations() -> list[EmailIntegration]:
-    return [
-        integration
-        for integration in EmailIntegration.objects.filter(
-            incoming_enabled=True, incoming_protocol=IncomingProtocol.MICROSOFT_GRAPH
-        )
-        if not integration.needs_reconnect
-    ]
-
-
-# Keeping subscriptions ----------------------------------------------------------------------
-
-
-def keep_subscriptions() -> int:
-    """Beat's job: every Graph integration has a live subscription to its folder while the
-    desk has a public HTTPS address, and none when it does not. Returns how many are live."""
-    wanted = {integration.pk: integration for integration in push_integrations()}
-    url = notification_url()
-    for stale in GraphSubscription.objects.exclude(integration_id__in=wanted if url else []):
-        _forget(stale)
-    live = 0
-    for integration in wanted.values() if url else []:
-        try:
-            if keep_subscription(integration=integration) is not None:
-                live += 1
-        except MailboxError as exc:
-            logger.warning("integration %s: no Graph subscription: %s", integration.name, exc)
-    return live
-
-
-def keep_subscription(
-    *, integration: EmailIntegration, renew: bool = False
-) -> GraphSubscription | None:
-    """Create the integration's subscription, or renew it when it ends within a day (or
-    `renew`, when Graph asked for reauthorization). None without a public HTTPS address.
-    Raises MailboxError when Graph refuses."""
-    url = notification_url()
-    if not url or not integration.uses_graph or not integration.incoming_enabled:
-        return None
-    current = GraphSubscription.objects.filter(integration=integration).first()
-    if current is not None and current.notification_url != url:
-        _forget(current)  # the desk moved: Graph must call the new address
-        current = None
-    if current is None:
-        return _create(integration, url)
-    if renew or current.expires_at - timezone.now() < RENEW_WHEN_LEFT:
-        try:
-            return _renew(integration, current)
-        except GraphNotFound:
-            logger.info("integration %s: Graph removed its subscription", integration.name)
-            current.delete()
-            return _create(integration, url)
-    return current
-
-
-def keep_one(*, integration_id: int, renew: bool = False, recreate: bool = False) -> None:
-    """The task's body: logs what Graph refused instead of failing the task (beat retries)."""
-    integration = EmailIntegration.objects.filter(pk=integration_id).first()
-    if integration is None or integration.needs_reconnect:
-        return
-    try:
-        if recreate:
-            recreate_subscription(integration=integration)
-        else:
-            keep_subscription(integration=integration, renew=renew)
-    except MailboxError as exc:
-        logger.warning("integration %s: no Graph subscription: %s", integration.name, exc)
-
-
-def recreate_subscription(*, integration: EmailIntegration) -> GraphSubscription | None:
-    """Graph removed the subscription (or missed notifications): a new one."""
-    GraphSubscription.objects.filter(integration=integration).delete()
-    return keep_subscription(integration=integration)
-
-
-def _create(integration: EmailIntegration, url: str) -> GraphSubscription:
-    client_state = secrets.token_urlsafe(32)
-    with GraphMailbox(integration, timeout=TIMEOUT_SECONDS) as mailbox:
-        assert mailbox.client is not None
-        resource = f"users/{mailbox.mailbox}/mailFolders/{mailbox.folder_id}/messages"
-        answer = mailbox.client.request(
-            "POST",
-            f"{mailbox.client.base_url}/subscriptions",
-            json={
-                "changeType": "created",
-                "notificationUrl": url,
-                "lifecycleNotificationUrl": url,
-                "resource": resource,
-                "expirationDateTime": _graph_time(timezone.now() + SUBSCRIPTION_LIFETIME),
-                "clientState": client_state,
-            },
-            action=f"subscribing to new mail in {mailbox.folder_name!r} of {mailbox.mailbox}",
-        ).json()
-    subscription, _created = GraphSubscription.objects.update_or_create(
-        integration=integration,
-        defaults={
-            "subscription_id": answer["id"],
-            "resource": resource,
-            "notification_url": url,
-            "client_state_sha256": _sha256(client_state),
-            "expires_at": _parse_graph_time(answer["expirationDateTime"]),
-            "renewed_at": None,
-        },
-    )
-    logger.info(
-        "integration %s: Graph subscription %s until %s",
-        integration.name,
-        subscription.subscription_id,
-        subscription.expires_at,
-    )
-    return subscription
-
-
-def _renew(integration: EmailIntegration, subscription: GraphSubscription) -> GraphSubscription:
-    client = GraphClient(integration, timeout=TIMEOUT_SECONDS)
-    try:
-        answer = client.request(
-            "PATCH",
-            f"{client.base_url}/subscriptions/{subscription.subscription_id}",
-            json={"expirationDateTime": _graph_time(timezone.now() + SUBSCRIPTION_LIFETIME)},
-            action=f"renewing the subscription to new mail of {client.mailbox}",
-        ).json()
-    finally:
-        client.close()
-    subscription.expires_at = _parse_graph_time(answer["expirationDateTime"])
-    subscription.renewed_at = timezone.now()
-    subscription.save(update_fields=["expires_at", "renewed_at"])
-    return subscription
-
-
-def _forget(subscription: GraphSubscription) -> None:
-    """Delete the subscription at Graph (best effort: it ends by itself anyway) and here."""
-    integration = EmailIntegration.objects.filter(pk=subscription.integration_id).first()
-    if integration is not None and integration.uses_graph and not integration.needs_reconnect:
-        client = GraphClient(integration, timeout=TIMEOUT_SECONDS)
-        try:
-            client.request(
-                "DELETE",
-                f"{client.base_url}/subscriptions/{subscription.subscription_id}",
-                action="deleting a subscription",
-            ).close()
-        except MailboxError as exc:
-            logger.info("Graph subscription %s not deleted: %s", subscription.subscription_id, exc)
-        finally:
-            client.close()
-    subscription.delete()
 
 
 # Notifications ------------------------------------------------------------------------------
@@ -264,7 +103,7 @@ def _subscription_for(notification: dict[str, Any]) -> GraphSubscription | None:
     subscription = GraphSubscription.objects.filter(subscription_id=subscription_id).first()
     # Compare even when there is no such subscription, so timing says nothing about ids.
     expected = subscription.client_state_sha256 if subscription else "0" * 64
-    if not hmac.compare_digest(_sha256(client_state), expected) or subscription is None:
+    if not hmac.compare_digest(sha256_hex(client_state), expected) or subscription is None:
         logger.warning("Refused a Graph notification for subscription %r", subscription_id[:64])
         return None
     return subscription
@@ -276,18 +115,5 @@ def queue_task(task: str, integration_id: int, *, countdown: float = 0, **kwargs
     signature.apply_async(countdown=countdown or None)
 
 
-# Helpers -------------------------------------------------------------------------------------
-
-
-def _sha256(text: str) -> str:
+def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _graph_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
-
-
-def _parse_graph_time(text: str) -> datetime:
-    # Graph writes seven decimals ("2026-11-29T10:00:00.0000000Z"): keep the seconds.
-    seconds = text.rstrip("Z").split(".")[0]
-    return datetime.fromisoformat(seconds).replace(tzinfo=UTC)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Task, current_task, shared_task
 
-from mailworker import graph_push
+from mailworker import graph_subscriptions
 from mailworker.outbound.outbox import send_due
 from mailworker.scheduling import due_integration_ids, poll_integration_now
 from mailworker.services import record_worker_heartbeat
@@ -61,7 +61,7 @@ def escalate_overdue() -> None:
 def keep_graph_subscriptions() -> int:
     """Beat: create, renew or drop the Graph change-notification subscriptions (push for
     Microsoft 365 (Graph) integrations when the desk has a public HTTPS address)."""
-    return graph_push.keep_subscriptions()
+    return graph_subscriptions.keep_subscriptions()
 
 
 @shared_task(name="mailworker.tasks.keep_graph_subscription", ignore_result=True)
@@ -69,4 +69,4 @@ def keep_graph_subscription(
     integration_id: int, renew: bool = False, recreate: bool = False
 ) -> None:
     """One integration's subscription: after a save, or when Graph asked (lifecycle)."""
-    graph_push.keep_one(integration_id=integration_id, renew=renew, recreate=recreate)
+    graph_subscriptions.keep_one(integration_id=integration_id, renew=renew, recreate=recreate)

@@ -511,7 +511,7 @@ def test_the_notification_url_answers_graphs_validation_token(client) -> None:
 def test_without_a_public_https_address_there_is_no_subscription(
     graph, graph_integration, settings
 ) -> None:
-    from mailworker.graph_push import keep_subscription
+    from mailworker.graph_subscriptions import keep_subscription
 
     settings.PUBLIC_BASE_URL = "http://desk.example.test"  # Graph calls only https
     integration = graph_integration()
@@ -524,7 +524,7 @@ def test_without_a_public_https_address_there_is_no_subscription(
 def test_a_notification_makes_the_new_email_a_record_within_seconds(
     public_desk, graph_integration, eager_tasks
 ) -> None:
-    from mailworker.graph_push import keep_subscription
+    from mailworker.graph_subscriptions import keep_subscription
 
     graph = public_desk
     integration = graph_integration(poll_interval_seconds=3600)
@@ -559,7 +559,7 @@ def test_a_notification_makes_the_new_email_a_record_within_seconds(
 def test_a_notification_with_a_wrong_client_state_is_refused(
     public_desk, graph_integration, eager_tasks, client
 ) -> None:
-    from mailworker.graph_push import keep_subscription
+    from mailworker.graph_subscriptions import keep_subscription
 
     graph = public_desk
     graph.notify_new_mail = False
@@ -597,7 +597,7 @@ def test_a_notification_with_a_wrong_client_state_is_refused(
 def test_no_subscription_when_graph_cannot_validate_the_notification_url(
     graph, graph_integration, settings
 ) -> None:
-    from mailworker.graph_push import keep_subscriptions
+    from mailworker.graph_subscriptions import keep_subscriptions
     from mailworker.models import GraphSubscription
 
     settings.PUBLIC_BASE_URL = PUBLIC
@@ -611,7 +611,7 @@ def test_no_subscription_when_graph_cannot_validate_the_notification_url(
 def test_beat_renews_a_subscription_that_ends_within_a_day(public_desk, graph_integration) -> None:
     from django.utils import timezone
 
-    from mailworker.graph_push import keep_subscription, keep_subscriptions
+    from mailworker.graph_subscriptions import keep_subscription, keep_subscriptions
     from mailworker.models import GraphSubscription
 
     graph = public_desk
@@ -635,7 +635,7 @@ def test_beat_renews_a_subscription_that_ends_within_a_day(public_desk, graph_in
 def test_lifecycle_notifications_renew_or_recreate_and_poll(
     public_desk, graph_integration, eager_tasks
 ) -> None:
-    from mailworker.graph_push import keep_subscription
+    from mailworker.graph_subscriptions import keep_subscription
     from mailworker.models import GraphSubscription
 
     graph = public_desk
