@@ -22,7 +22,7 @@ from tests.graph_helpers import make_graph_integration
 from tests.graph_server import GraphServer
 from tests.mail import make_email
 from tests.oauth_helpers import connect_with_test_client
-from tests.workers import Workers
+from tests.workers import Workers, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -701,3 +701,40 @@ def test_a_burst_of_notifications_makes_one_pass_and_one_after_it(
 
     assert graph.delta_requests == ["start", "delta"]  # the pass, and the one after the burst
     assert ServiceRecord.objects.filter(title="Burst 0").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_and_a_manual_fetchmail_on_one_graph_mailbox_import_each_email_once(
+    graph, graph_integration, workers: Workers, oauth_settings
+) -> None:
+    total = 300
+    integration = graph_integration()
+    mailbox = integration.incoming_username
+    graph.value_delay = 0.002  # passes long enough to overlap
+    graph.deliver(mailbox, numbered(total, "Concurrent"))
+    environment = {
+        "MICROSOFT_GRAPH_URL": graph.url,
+        "REQUESTS_CA_BUNDLE": str(oauth_settings.ca_path),
+        "OAUTH_MICROSOFT_AUTHORITY_HOST": oauth_settings.microsoft_authority_host,
+        "OAUTH_MICROSOFT_INSTANCE_DISCOVERY": "false",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    first = workers.celery_worker("first", **environment)
+    second = workers.celery_worker("second", **environment)
+    first.start()
+    second.start()
+    manual = workers.manage("fetchmail", "fetchmail", **environment)
+
+    workers.send("mailworker.tasks.poll_integration", integration.pk)
+    workers.send("mailworker.tasks.poll_integration", integration.pk)
+    manual.start()
+
+    assert manual.process is not None
+    manual.process.wait(timeout=120)
+    wait_until(lambda: graph.count(mailbox) == 0, timeout=120, message=manual.output()[-3000:])
+    wait_until(lambda: ProcessedEmail.objects.count() == total, timeout=60)
+    imported_once("Concurrent", total)
+    assert Message.objects.count() == total
+    assert graph.most_in_flight(mailbox) <= 4
+    logs = first.output() + second.output() + manual.output()
+    assert "status=skipped" in logs or "skipped, another pass" in logs
