@@ -45,7 +45,7 @@ def keep_subscriptions() -> int:
     desk has a public HTTPS address, and none when it does not. Returns how many are live."""
     wanted = {integration.pk: integration for integration in push_integrations()}
     url = notification_url()
-    for stale in GraphSubscription.objects.exclude(integration_id__in=wanted if url else []):
+    for stale in GraphSubscription.objects.exclude(integration_id__in=list(wanted) if url else []):
         _forget(stale)
     live = 0
     for integration in wanted.values() if url else []:
