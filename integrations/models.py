@@ -30,9 +30,17 @@ class IncomingProtocol(models.TextChoices):
     POP3 = "pop3", "POP3"
     MICROSOFT365 = "microsoft365", "Microsoft 365 (OAuth 2.0)"
     GOOGLE = "google", "Google (OAuth 2.0)"
+    MICROSOFT_GRAPH = "microsoft_graph", "Microsoft 365 (Graph)"
 
 
-OAUTH_PROTOCOLS = (IncomingProtocol.MICROSOFT365, IncomingProtocol.GOOGLE)
+OAUTH_PROTOCOLS = (
+    IncomingProtocol.MICROSOFT365,
+    IncomingProtocol.GOOGLE,
+    IncomingProtocol.MICROSOFT_GRAPH,
+)
+# Signed in at Microsoft Entra (msal): the tenant is required.
+MICROSOFT_PROTOCOLS = (IncomingProtocol.MICROSOFT365, IncomingProtocol.MICROSOFT_GRAPH)
+GRAPH_PORT = 443
 
 
 class MailboxAccess(models.TextChoices):
@@ -158,7 +166,18 @@ class EmailIntegration(models.Model):
     incoming_username = models.CharField("username", max_length=255, blank=True)
     incoming_password = EncryptedTextField("password", blank=True)
     incoming_folder = models.CharField(
-        "folder", max_length=255, default="INBOX", help_text="IMAP only."
+        "folder",
+        max_length=255,
+        default="INBOX",
+        help_text="IMAP, and Microsoft 365 (Graph): a folder's display name, or a path of them "
+        "(Support/Tickets); INBOX is the Inbox.",
+    )
+    graph_processed_folder = models.CharField(
+        "after import, move emails to",
+        max_length=255,
+        blank=True,
+        help_text="Microsoft 365 (Graph) only: the folder (display name or path) imported "
+        "emails are moved to. Empty: they are deleted (to Deleted Items).",
     )
     poll_interval_seconds = models.PositiveIntegerField(
         "poll interval (seconds)",
@@ -382,20 +401,31 @@ class EmailIntegration(models.Model):
         return self.grant.connected
 
     @property
+    def uses_graph(self) -> bool:
+        return self.incoming_protocol == IncomingProtocol.MICROSOFT_GRAPH
+
+    @property
     def mailbox_protocol(self) -> str:
-        """IMAP or POP3: what the mail engine speaks to the mailbox."""
+        """IMAP, POP3 or Microsoft Graph: what the mail engine speaks to the mailbox."""
+        if self.uses_graph:
+            return IncomingProtocol.MICROSOFT_GRAPH
         if self.uses_oauth:
             return self.oauth_mailbox_access
         return self.incoming_protocol
 
     @property
     def effective_incoming_server(self) -> str:
+        if self.uses_graph:
+            # Graph has one address for every tenant (a setting, for national clouds).
+            return settings.MICROSOFT_GRAPH_URL
         if self.incoming_server or not self.uses_oauth:
             return self.incoming_server
         return DEFAULT_OAUTH_SERVERS[(self.incoming_protocol, self.oauth_mailbox_access)]
 
     @property
     def effective_incoming_port(self) -> int:
+        if self.uses_graph:
+            return GRAPH_PORT
         if self.incoming_port:
             return self.incoming_port
         return DEFAULT_INCOMING_PORTS[(self.mailbox_protocol, self.incoming_encryption)]
@@ -447,6 +477,12 @@ class EmailIntegration(models.Model):
             raise ValidationError(errors)
 
     def _clean_incoming(self, add) -> None:
+        if self.uses_graph and "@" not in self.incoming_username:
+            add(
+                "incoming_username",
+                "Enter the address of the mailbox to read (a user's or a shared mailbox), "
+                "e.g. support@contoso.com.",
+            )
         if not self.uses_oauth:
             if not self.incoming_server.strip():
                 add("incoming_server", "Enter the mail server's host name, e.g. imap.example.com.")
@@ -460,10 +496,9 @@ class EmailIntegration(models.Model):
             add("incoming_folder", "Enter the IMAP folder to read, e.g. INBOX.")
         if self.uses_oauth and not self.oauth_client_id.strip():
             add("oauth_client_id", "Enter the client id of the app registered with the provider.")
-        if (
-            self.incoming_protocol == IncomingProtocol.MICROSOFT365
-            and not self.oauth_tenant.strip()
-        ):
+        if self.uses_graph and not self.incoming_folder.strip():
+            add("incoming_folder", "Enter the folder to read, e.g. Inbox.")
+        if self.incoming_protocol in MICROSOFT_PROTOCOLS and not self.oauth_tenant.strip():
             add("oauth_tenant", "Enter the Microsoft 365 tenant (its id or domain).")
         if self.uses_oauth:
             self._clean_oauth_credentials(add)

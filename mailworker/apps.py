@@ -6,5 +6,6 @@ class MailworkerConfig(AppConfig):
     verbose_name = "Mail engine"
 
     def ready(self) -> None:
-        # Connect the receivers of records' domain events (notifications, replies).
-        from mailworker import notifications  # noqa: F401
+        # Connect the receivers of records' domain events (notifications, replies), and of
+        # saved integrations (a Microsoft 365 (Graph) one subscribes to push).
+        from mailworker import graph_signals, notifications  # noqa: F401

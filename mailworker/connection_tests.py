@@ -139,7 +139,9 @@ def test_incoming_connection(*, integration: EmailIntegration) -> TestOutcome:
     except MailboxError as exc:
         return TestOutcome(ok=False, message=str(exc), field=_incoming_field(integration, exc))
     where = f"Logged in to {host}:{port} as {integration.incoming_username}"
-    if integration.mailbox_protocol == "imap":
+    if integration.uses_graph:
+        where = f"Connected to Microsoft Graph ({host}) for {integration.incoming_username}"
+    if integration.mailbox_protocol in ("imap", "microsoft_graph"):
         where += f", folder {integration.incoming_folder}"
     if waiting is None:
         return TestOutcome(ok=True, message=f"{where}.")

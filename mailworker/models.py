@@ -169,3 +169,47 @@ class MailboxState(models.Model):
 
     def __str__(self) -> str:
         return f"State of integration {self.integration_id}"
+
+
+class GraphFolderState(models.Model):
+    """Where the last complete delta round over a Graph folder ended: the next pass asks
+    Graph only for what changed since. Written only once every message of the round was
+    committed and acked, so a pass that fails midway starts the round again."""
+
+    integration = models.ForeignKey(
+        "integrations.EmailIntegration", on_delete=models.CASCADE, related_name="+"
+    )
+    folder_id = models.CharField(max_length=512)
+    delta_link = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["integration", "folder_id"], name="one_graph_state_per_folder"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"delta state of {self.folder_id[:16]}… ({self.integration_id})"
+
+
+class GraphSubscription(models.Model):
+    """A Graph change-notification subscription for an integration's folder (push).
+
+    Graph sends `clientState` back in clear with every notification; only its SHA-256 is
+    kept, and a notification is believed when the hash of what it carries matches."""
+
+    integration = models.OneToOneField(
+        "integrations.EmailIntegration", on_delete=models.CASCADE, related_name="+"
+    )
+    subscription_id = models.CharField(max_length=255, unique=True)
+    resource = models.CharField(max_length=1000)
+    notification_url = models.CharField(max_length=1000)
+    client_state_sha256 = models.CharField(max_length=64)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    renewed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"Graph subscription {self.subscription_id} until {self.expires_at:%Y-%m-%d %H:%M}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Task, current_task, shared_task
 
+from mailworker import graph_subscriptions
 from mailworker.outbound.outbox import send_due
 from mailworker.scheduling import due_integration_ids, poll_integration_now
 from mailworker.services import record_worker_heartbeat
@@ -54,3 +55,18 @@ def send_outbox() -> None:
 @shared_task(name="mailworker.tasks.escalate_overdue", ignore_result=True, acks_late=False)
 def escalate_overdue() -> None:
     escalate_overdue_records()
+
+
+@shared_task(name="mailworker.tasks.keep_graph_subscriptions", ignore_result=True, acks_late=False)
+def keep_graph_subscriptions() -> int:
+    """Beat: create, renew or drop the Graph change-notification subscriptions (push for
+    Microsoft 365 (Graph) integrations when the desk has a public HTTPS address)."""
+    return graph_subscriptions.keep_subscriptions()
+
+
+@shared_task(name="mailworker.tasks.keep_graph_subscription", ignore_result=True)
+def keep_graph_subscription(
+    integration_id: int, renew: bool = False, recreate: bool = False
+) -> None:
+    """One integration's subscription: after a save, or when Graph asked (lifecycle)."""
+    graph_subscriptions.keep_one(integration_id=integration_id, renew=renew, recreate=recreate)

@@ -64,3 +64,8 @@ def schedule_periodic_tasks(sender: Celery, **_kwargs: object) -> None:
     sender.add_periodic_task(
         60.0, sender.signature("mailworker.tasks.escalate_overdue"), name="escalate overdue records"
     )
+    sender.add_periodic_task(
+        float(settings.GRAPH_SUBSCRIPTIONS_CHECK_SECONDS),
+        sender.signature("mailworker.tasks.keep_graph_subscriptions"),
+        name="keep Microsoft Graph subscriptions (push)",
+    )

@@ -309,6 +309,25 @@ OAUTH_REDIRECT_URI = env.str("OAUTH_REDIRECT_URI", default="")
 OAUTH_ACCESS_TOKEN_MARGIN_SECONDS = env.int("OAUTH_ACCESS_TOKEN_MARGIN_SECONDS", default=300)
 OAUTH_HTTP_TIMEOUT_SECONDS = env.int("OAUTH_HTTP_TIMEOUT_SECONDS", default=15)
 
+# Microsoft Graph (incoming protocol "Microsoft 365 (Graph)"): its address (national clouds
+# have their own; tests point it at a local server), how long one pass may wait in all for
+# throttled requests (429/503 Retry-After) before it ends with a temporary error, and how
+# many requests a pass keeps in flight per mailbox (Exchange Online allows 4).
+MICROSOFT_GRAPH_URL = env.str("MICROSOFT_GRAPH_URL", default="https://graph.microsoft.com/v1.0")
+GRAPH_HTTP_TIMEOUT_SECONDS = env.int("GRAPH_HTTP_TIMEOUT_SECONDS", default=30)
+GRAPH_THROTTLE_MAX_WAIT_SECONDS = env.int("GRAPH_THROTTLE_MAX_WAIT_SECONDS", default=120)
+GRAPH_CONCURRENT_REQUESTS = env.int("GRAPH_CONCURRENT_REQUESTS", default=4)
+if not 1 <= GRAPH_CONCURRENT_REQUESTS <= 4:
+    raise ImproperlyConfigured(
+        f"GRAPH_CONCURRENT_REQUESTS={GRAPH_CONCURRENT_REQUESTS}: use 1 to 4 (Exchange Online "
+        "throttles a fifth concurrent request to one mailbox)."
+    )
+# Push through Graph change notifications needs the desk's public HTTPS address (Graph
+# calls https://<it>/graph/notifications/); empty or http: polling only.
+PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="")
+# How often beat creates, renews (a day before they end) or drops Graph subscriptions.
+GRAPH_SUBSCRIPTIONS_CHECK_SECONDS = env.int("GRAPH_SUBSCRIPTIONS_CHECK_SECONDS", default=900)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from mailworker import views_graph
 from servicedesk import health, views
 
 urlpatterns = [
@@ -12,6 +13,7 @@ urlpatterns = [
     path("settings/email/", include("integrations.urls")),
     path("settings/email/<int:pk>/test/", include("mailworker.urls_tests")),
     path("quarantine/", include("mailworker.urls")),
+    path("graph/notifications/", views_graph.notifications, name="graph_notifications"),
     path("records/", include("records.urls")),
     path("admin/", admin.site.urls),
 ]

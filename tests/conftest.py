@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.smtpd",
     "tests.workers",
     "tests.oauth_server",
+    "tests.graph_server",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -76,6 +76,9 @@ class AccessToken:
     account: str
     client_id: str
     expires_at: float
+    # What the token was asked for: its audience (resource) and permissions, as a resource
+    # server such as the tests' Graph server checks them.
+    scope: str = ""
 
 
 @dataclass
@@ -91,6 +94,7 @@ class OAuthServer:
         self.directory = directory
         self.ca_pem, cert_path, key_path = _self_signed_certificate(directory)
         self.ca_path = cert_path
+        self.key_path = key_path
         self._lock = threading.Lock()
         self.clients: dict[str, Client] = {}
         self.service_accounts: dict[str, ServiceAccount] = {}
@@ -203,6 +207,14 @@ class OAuthServer:
                 return None
             return token.account
 
+    def token(self, access_token: str) -> AccessToken | None:
+        """The valid, unexpired access token (None: unknown or expired)."""
+        with self._lock:
+            token = self.access_tokens.get(access_token)
+            if token is None or token.expires_at <= time.time():
+                return None
+            return token
+
     def xoauth2_is_valid(self, user: str, access_token: str) -> bool:
         """What the SMTP server asks: a valid token of this very user."""
         account = self.account_of(access_token)
@@ -222,7 +234,10 @@ class OAuthServer:
         }
         with self._lock:
             self.access_tokens[access] = AccessToken(
-                account=account, client_id=client.client_id, expires_at=time.time() + 3600
+                account=account,
+                client_id=client.client_id,
+                expires_at=time.time() + 3600,
+                scope=scope,
             )
             if refresh:
                 refresh_token = f"rt-{secrets.token_urlsafe(24)}"

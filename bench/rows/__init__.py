@@ -28,10 +28,11 @@ RowFunction = Callable[["Bench"], list[Row]]
 
 def all_rows() -> list[tuple[str, RowFunction]]:
     """(key, function) in order; the key selects rows on the command line (--rows)."""
-    from bench.rows import idle, ingest, memory, outbound, screens
+    from bench.rows import graph, idle, ingest, memory, outbound, screens
 
     return [
         ("ingest", ingest.ingest_and_limit),
+        ("graph", graph.graph_ingest),
         ("memory", memory.peak_rss),
         ("outbound", outbound.send_notifications),
         ("idle", idle.idle_latency),

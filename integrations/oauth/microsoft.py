@@ -14,7 +14,7 @@ import msal.exceptions
 import requests
 from django.conf import settings
 
-from integrations.models import EmailIntegration
+from integrations.models import EmailIntegration, IncomingProtocol
 from integrations.oauth.credentials import parse_certificate_credential
 from integrations.oauth.errors import (
     ConnectRefused,
@@ -34,6 +34,29 @@ DELEGATED_SCOPES = [
 # App-only: whatever mailbox permissions the admin granted the app (IMAP.AccessAsApp,
 # POP.AccessAsApp, SMTP.SendAsApp) and the Exchange service principal's mailbox access.
 APP_ONLY_SCOPES = ["https://outlook.office365.com/.default"]
+# Microsoft Graph: a token has one audience, so Graph integrations ask for Graph's scopes
+# only. Delegated: read, move and delete mail, send it, and who signed in (msal adds
+# offline_access itself and refuses it in the list). App-only: the application permissions
+# the admin granted the app in Entra (Mail.ReadWrite, Mail.Send), scoped to mailboxes by an
+# application access policy.
+GRAPH_DELEGATED_SCOPES = [
+    "https://graph.microsoft.com/Mail.ReadWrite",
+    "https://graph.microsoft.com/Mail.Send",
+    "https://graph.microsoft.com/User.Read",
+]
+GRAPH_APP_ONLY_SCOPES = ["https://graph.microsoft.com/.default"]
+
+
+def delegated_scopes(integration: EmailIntegration) -> list[str]:
+    if integration.incoming_protocol == IncomingProtocol.MICROSOFT_GRAPH:
+        return GRAPH_DELEGATED_SCOPES
+    return DELEGATED_SCOPES
+
+
+def app_only_scopes(integration: EmailIntegration) -> list[str]:
+    if integration.incoming_protocol == IncomingProtocol.MICROSOFT_GRAPH:
+        return GRAPH_APP_ONLY_SCOPES
+    return APP_ONLY_SCOPES
 
 
 def authority_url(integration: EmailIntegration) -> str:
@@ -134,7 +157,7 @@ def begin_authorization(integration: EmailIntegration, *, redirect_uri: str) -> 
             # match the state to the admin's session. The code comes back in the query.
             warnings.filterwarnings("ignore", message="response_mode='form_post'")
             return _application(integration).initiate_auth_code_flow(
-                scopes=DELEGATED_SCOPES,
+                scopes=delegated_scopes(integration),
                 redirect_uri=redirect_uri,
                 login_hint=integration.oauth_mailbox or None,
                 prompt="select_account",
@@ -150,7 +173,7 @@ def redeem_authorization(
     """Exchange the code the browser brought back (msal checks state, PKCE and nonce)."""
     try:
         result = _application(integration).acquire_token_by_auth_code_flow(
-            flow, response, scopes=DELEGATED_SCOPES
+            flow, response, scopes=delegated_scopes(integration)
         )
     except (requests.RequestException, msal.exceptions.MsalServiceError) as exc:
         raise TokenEndpointUnavailable(f"Microsoft could not be reached: {exc}") from exc
@@ -181,7 +204,7 @@ def refresh(integration: EmailIntegration) -> TokenGrant:
         integration,
         "refreshing the access token",
         lambda app: app.acquire_token_by_refresh_token(
-            integration.grant.refresh_token, scopes=DELEGATED_SCOPES
+            integration.grant.refresh_token, scopes=delegated_scopes(integration)
         ),
     )
 
@@ -193,5 +216,5 @@ def app_only_token(integration: EmailIntegration) -> TokenGrant:
     return _call(
         integration,
         "getting an app-only token",
-        lambda app: app.acquire_token_for_client(scopes=APP_ONLY_SCOPES),
+        lambda app: app.acquire_token_for_client(scopes=app_only_scopes(integration)),
     )

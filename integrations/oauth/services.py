@@ -20,9 +20,14 @@ from integrations.oauth.grants import TokenGrant
 
 PROVIDERS: dict[str, ModuleType] = {
     IncomingProtocol.MICROSOFT365: microsoft,
+    IncomingProtocol.MICROSOFT_GRAPH: microsoft,
     IncomingProtocol.GOOGLE: google,
 }
-PROVIDER_NAMES = {IncomingProtocol.MICROSOFT365: "Microsoft", IncomingProtocol.GOOGLE: "Google"}
+PROVIDER_NAMES = {
+    IncomingProtocol.MICROSOFT365: "Microsoft",
+    IncomingProtocol.MICROSOFT_GRAPH: "Microsoft",
+    IncomingProtocol.GOOGLE: "Google",
+}
 
 
 def provider_name(integration: EmailIntegration) -> str:

@@ -6,8 +6,9 @@ from typing import Any
 
 from django.conf import settings
 
-from integrations.models import EmailIntegration, MailboxAccess
+from integrations.models import EmailIntegration, IncomingProtocol, MailboxAccess
 from mailworker.mailboxes.base import DEFAULT_MAX_MESSAGE_BYTES, Mailbox, MailboxError
+from mailworker.mailboxes.graph import GraphMailbox
 from mailworker.mailboxes.imap import ImapMailbox
 from mailworker.mailboxes.oauth import NeedsReconnect
 from mailworker.mailboxes.pop3 import Pop3Mailbox
@@ -15,6 +16,7 @@ from mailworker.mailboxes.pop3 import Pop3Mailbox
 ADAPTERS: dict[str, type[Mailbox]] = {
     MailboxAccess.IMAP: ImapMailbox,
     MailboxAccess.POP3: Pop3Mailbox,
+    IncomingProtocol.MICROSOFT_GRAPH: GraphMailbox,
 }
 
 
