@@ -81,6 +81,7 @@ FIELDS: tuple[JsonField, ...] = (
     JsonField("incoming.username", "incoming_username", Kind.TEXT),
     JsonField("incoming.password", "incoming_password", Kind.SECRET),
     JsonField("incoming.folder", "incoming_folder", Kind.TEXT),
+    JsonField("incoming.graph_processed_folder", "graph_processed_folder", Kind.TEXT),
     JsonField("incoming.poll_interval_seconds", "poll_interval_seconds", Kind.INT),
     JsonField("incoming.use_idle", "use_idle", Kind.BOOL),
     JsonField("incoming.use_last_record_number", "use_last_record_number", Kind.BOOL),
