@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from integrations.models import EmailIntegration
 from mailworker.models import OutboxEmail
-from mailworker.outbound.outbox import queue_email
+from mailworker.outbound.queue import queue_email
 from mailworker.outbound.texts import render_subject, render_text
 
 

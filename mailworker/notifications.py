@@ -16,7 +16,7 @@ from django.template.loader import render_to_string
 from integrations.models import EmailIntegration
 from mailworker.models import NotificationSettings, OutboxEmail
 from mailworker.outbound.compose import record_subject
-from mailworker.outbound.outbox import batched, queue_email, record_thread
+from mailworker.outbound.queue import batched, queue_email, record_thread
 from mailworker.outbound.texts import render_subject, render_text
 from records import signals
 from records.models import Direction, Message, ServiceRecord
