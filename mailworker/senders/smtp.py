@@ -278,16 +278,14 @@ class _Session:
             response = await self._run(client.execute_command(b""), action=action)
         if response.code != 235:
             raise TokenRefused(
-                TransportError(
-                    kind=TransportErrorKind.AUTHENTICATION,
-                    field="",
-                    message=(
-                        f"Authentication failed: {self.where} refused the OAuth 2.0 token for "
-                        f"{username} ({response.code} {response.message}). Check that the app "
-                        "may send as this mailbox (SMTP AUTH enabled for it at Microsoft)."
-                    ),
-                    temporary=_is_temporary(response.code),
-                )
+                kind=TransportErrorKind.AUTHENTICATION,
+                field="",
+                message=(
+                    f"Authentication failed: {self.where} refused the OAuth 2.0 token for "
+                    f"{username} ({response.code} {response.message}). Check that the app "
+                    "may send as this mailbox (SMTP AUTH enabled for it at Microsoft)."
+                ),
+                temporary=_is_temporary(response.code),
             )
 
     async def _run(self, step, *, action: str):
