@@ -51,7 +51,9 @@ run: install
 	@echo "Starting web (http://127.0.0.1:8000), worker and beat. Ctrl-C stops all of them."
 	PATH="$(BIN):$$PATH" $(BIN)/honcho --procfile Procfile start
 
+# The import contracts first (pyproject.toml, [tool.importlinter]): a broken one fails the run.
 test: install-test
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Benchmarks on real servers on loopback (Dovecot, aiosmtpd; PostgreSQL too when DATABASE_URL
@@ -63,6 +65,7 @@ bench: install-bench
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: install-test
 	$(BIN)/ruff format .

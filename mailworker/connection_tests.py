@@ -7,24 +7,17 @@ the page can show it there.
 
 from __future__ import annotations
 
-import imaplib
-import socket
-import ssl
 from dataclasses import dataclass
 from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
-from email.utils import format_datetime, formataddr, make_msgid
 
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.utils import timezone
 
 from integrations.models import EmailIntegration, Encryption
-from mailworker.headers import LOOP_HEADER
-from mailworker.mailboxes.base import MailboxAuthError, MailboxError
 from mailworker.mailboxes.factory import open_mailbox
-from mailworker.outbound.smtp import Envelope, SmtpFailure, send_envelopes
+from mailworker.outbound.compose import ComposedEmail, HeaderInjectionError, compose
+from mailworker.senders import Envelope, sender_for
+from mailworker.transport.errors import TransportError, TransportErrorKind
 
 # An admin waits for the page: a server that says nothing for this long is not answering.
 TEST_TIMEOUT_SECONDS = 15.0
@@ -45,7 +38,7 @@ class TestOutcome:
 
 
 def send_test_email(*, integration: EmailIntegration, to: str) -> TestOutcome:
-    """Send a short test email through the integration's SMTP server, now, not via the outbox:
+    """Send a short test email through the integration's sender, now, not via the outbox:
     the admin waits for the server's answer."""
     to = to.strip()
     problem = _invalid_recipient(to)
@@ -55,47 +48,54 @@ def send_test_email(*, integration: EmailIntegration, to: str) -> TestOutcome:
         return TestOutcome(
             ok=False, message="Outgoing Emails is off for this integration: turn it on and Apply."
         )
-    envelope = Envelope(
-        sender=integration.email_address,
-        recipients=[to],
-        message=compose_test_email(integration=integration, to=to),
-    )
     try:
-        (delivery,) = send_envelopes(integration, [envelope], timeout=TEST_TIMEOUT_SECONDS)
-    except SmtpFailure as failure:
-        return TestOutcome(ok=False, message=failure.problem.message, field=failure.problem.field)
+        composed = compose_test_email(integration=integration, to=to)
+    except HeaderInjectionError as exc:
+        return TestOutcome(ok=False, message=f"{exc}.", field="name")
+    envelope = Envelope(sender=composed.sender, recipients=[to], message=composed.raw)
+    try:
+        with sender_for(integration, timeout=TEST_TIMEOUT_SECONDS) as sender:
+            (delivery,) = sender.send([envelope])
+    except TransportError as error:
+        return _failed(error)
     if not delivery.accepted:
-        problem = delivery.problem
-        if problem is None:
+        if delivery.error is None:
             return TestOutcome(ok=False, message="The server did not accept the email.")
-        # A refused recipient is the address typed into the test form.
-        field = TO_FIELD if problem.kind == "recipient" else problem.field
-        return TestOutcome(ok=False, message=problem.message, field=field)
+        return _failed(delivery.error)
     where = f"{integration.smtp_host}:{integration.effective_smtp_port}"
     return TestOutcome(
         ok=True, message=f"Sent to {to} through {where}. The server answered: {delivery.response}"
     )
 
 
-def compose_test_email(*, integration: EmailIntegration, to: str) -> bytes:
-    message = EmailMessage(policy=SMTP_POLICY)
-    message["From"] = formataddr((integration.name, integration.email_address))
-    message["To"] = to
-    message["Subject"] = f"Test email from servicedesk (integration {integration.name})"
-    message["Date"] = format_datetime(timezone.now())
-    message["Message-ID"] = make_msgid(domain=_domain_of(integration.email_address))
-    # Automatic: auto-responders must not answer it, and the desk must not record it if it
-    # comes back through one of its own mailboxes.
-    message["Auto-Submitted"] = "auto-generated"
-    message["X-Auto-Response-Suppress"] = "All"
-    message[LOOP_HEADER] = "test"
+def compose_test_email(*, integration: EmailIntegration, to: str) -> ComposedEmail:
+    """Composed as the outbox composes every email (the integration's charset, encoding and
+    content type, our Message-ID and loop header), and automatic: auto-responders must not
+    answer it, and the desk must not record it if it comes back through its own mailboxes."""
     encryption = Encryption(integration.smtp_encryption).label
-    message.set_content(
-        f"This is a test email from servicedesk, sent through the integration "
-        f"“{integration.name}” by {integration.smtp_host}:{integration.effective_smtp_port} "
-        f"({encryption}).\n\nIt arrived, so outgoing email works. No need to answer.\n"
+    return compose(
+        integration=integration,
+        to=[to],
+        subject=f"Test email from servicedesk (integration {integration.name})",
+        text=(
+            f"This is a test email from servicedesk, sent through the integration "
+            f"“{integration.name}” by {integration.smtp_host}:{integration.effective_smtp_port} "
+            f"({encryption}).\n\nIt arrived, so outgoing email works. No need to answer.\n"
+        ),
+        automatic=True,
     )
-    return message.as_bytes()
+
+
+def _failed(error: TransportError) -> TestOutcome:
+    """A failure, next to the field it concerns. A refused recipient is the address typed
+    into the test form."""
+    field = TO_FIELD if error.kind == TransportErrorKind.RECIPIENT_REFUSED else error.field
+    message = error.message
+    if error.kind == TransportErrorKind.AUTHENTICATION and not message.startswith(
+        "Authentication failed"
+    ):
+        message = f"Authentication failed: {message}"
+    return TestOutcome(ok=False, message=message, field=field)
 
 
 def _invalid_recipient(to: str) -> str:
@@ -109,10 +109,6 @@ def _invalid_recipient(to: str) -> str:
     except (ValidationError, ValueError, IndexError):
         return f"{to} is not an email address."
     return ""
-
-
-def _domain_of(address: str) -> str:
-    return address.rpartition("@")[2] or "servicedesk.invalid"
 
 
 # Incoming -------------------------------------------------------------------------------
@@ -132,12 +128,8 @@ def test_incoming_connection(*, integration: EmailIntegration) -> TestOutcome:
                 waiting = mailbox.count()
             except NotImplementedError:
                 waiting = None
-    except MailboxAuthError as exc:
-        return TestOutcome(
-            ok=False, message=f"Authentication failed: {exc}", field=_password(integration)
-        )
-    except MailboxError as exc:
-        return TestOutcome(ok=False, message=str(exc), field=_incoming_field(integration, exc))
+    except TransportError as error:
+        return _failed(error)
     where = f"Logged in to {host}:{port} as {integration.incoming_username}"
     if integration.uses_graph:
         where = f"Connected to Microsoft Graph ({host}) for {integration.incoming_username}"
@@ -151,24 +143,3 @@ def test_incoming_connection(*, integration: EmailIntegration) -> TestOutcome:
 
 # Its name starts with "test": keep pytest from collecting it where it is imported.
 test_incoming_connection.__test__ = False  # type: ignore[attr-defined]
-
-
-def _password(integration: EmailIntegration) -> str:
-    return "oauth_client_secret" if integration.uses_oauth else "incoming_password"
-
-
-def _incoming_field(integration: EmailIntegration, exc: MailboxError) -> str:
-    """The field to fix, from what the adapter's error was caused by."""
-    cause = exc.__cause__
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return "ca_certificate"
-    if isinstance(cause, ssl.SSLError):
-        return "incoming_encryption"
-    if isinstance(cause, ConnectionRefusedError):
-        return "incoming_port"
-    if isinstance(cause, socket.gaierror | TimeoutError):
-        return "incoming_server"
-    if isinstance(cause, imaplib.IMAP4.error) and not isinstance(cause, imaplib.IMAP4.abort):
-        # Past the login (refused logins are MailboxAuthError): selecting the folder failed.
-        return "incoming_folder"
-    return ""

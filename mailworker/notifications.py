@@ -17,7 +17,7 @@ from integrations import signals as integration_signals
 from integrations.models import EmailIntegration, OAuthGrant
 from mailworker.models import NotificationSettings, OutboxEmail
 from mailworker.outbound.compose import record_subject
-from mailworker.outbound.outbox import batched, queue_email, record_thread
+from mailworker.outbound.queue import batched, queue_email, record_thread
 from mailworker.outbound.texts import render_subject, render_text
 from mailworker.status import note_alert_sent, note_reconnected
 from records import signals

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from integrations.models import EmailIntegration
 from mailworker.models import MailboxState, OutboxEmail
-from mailworker.outbound.outbox import queue_email
+from mailworker.outbound.queue import queue_email
 from mailworker.outbound.texts import render_subject, render_text
 
 # select_related() these with the integration to read its state and "needs reconnect"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Task, current_task, shared_task
 
 from mailworker import graph_subscriptions
-from mailworker.outbound.outbox import send_due
+from mailworker.delivery import send_due
 from mailworker.scheduling import due_integration_ids, poll_integration_now
 from mailworker.services import record_worker_heartbeat
 from records.services import escalate_overdue_records

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
+from integrations import selectors as integration_selectors
 from integrations.models import EmailIntegration
 from records.models import Message, ServiceRecord, User
 
@@ -129,15 +130,12 @@ def agents() -> QuerySet[User]:
 
 
 def sending_integrations() -> list[EmailIntegration]:
-    return list(EmailIntegration.objects.filter(outgoing_enabled=True).order_by("name", "pk"))
+    return integration_selectors.sending_integrations()
 
 
 def default_reply_integration(
     *, record: ServiceRecord, choices: list[EmailIntegration]
 ) -> EmailIntegration | None:
-    """The record's own integration when it sends, else the default one, else the first."""
-    by_pk = {integration.pk: integration for integration in choices}
-    if record.source_integration_id in by_pk:
-        return by_pk[record.source_integration_id]
-    default = next((integration for integration in choices if integration.is_default), None)
-    return default or (choices[0] if choices else None)
+    """The integration a reply goes out through unless the agent picks another: the same
+    rule as every email the desk sends about the record."""
+    return integration_selectors.sending_integration(record=record, choices=choices)

@@ -9,10 +9,10 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from integrations.models import EmailIntegration
+from mailworker.delivery import composed_bytes
 from mailworker.headers import LOOP_HEADER
 from mailworker.models import OutboxEmail
 from mailworker.outbound.message_ids import sign_message_id
-from mailworker.outbound.outbox import composed_bytes
 from mailworker.pipeline.passes import run_pass
 from mailworker.status import state_of
 from records.models import (

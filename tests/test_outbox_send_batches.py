@@ -12,11 +12,12 @@ import pytest
 from django.utils import timezone
 
 from integrations.models import EmailIntegration
+from mailworker.delivery import SEND_CHUNK, drain, results, send_due
 from mailworker.models import OutboxEmail
-from mailworker.outbound import outbox
 from mailworker.outbound.compose import HeaderInjectionError, compose
-from mailworker.outbound.outbox import SEND_CHUNK, queue_email, send_due
-from mailworker.outbound.smtp import Envelope, SmtpSender
+from mailworker.outbound.queue import queue_email
+from mailworker.senders import Envelope
+from mailworker.senders.smtp import SmtpSender
 from records.models import Message, ServiceRecord
 from records.services import create_record, get_or_create_end_user
 from tests.smtpd import _Handler
@@ -151,7 +152,7 @@ def test_a_crash_before_a_chunk_is_recorded_resends_only_that_chunk(
     total = 3 * SEND_CHUNK
     queue_notifications(total)
     smtp_server.clear()
-    recorded = outbox._mark_sent
+    recorded = results._mark_sent
     calls = []
 
     def crash_on_the_second_chunk(sent):
@@ -160,14 +161,14 @@ def test_a_crash_before_a_chunk_is_recorded_resends_only_that_chunk(
             raise SystemExit("worker killed")
         recorded(sent)
 
-    monkeypatch.setattr(outbox, "_mark_sent", crash_on_the_second_chunk)
+    monkeypatch.setattr(results, "_mark_sent", crash_on_the_second_chunk)
     with pytest.raises(SystemExit):
         send_due()
-    monkeypatch.setattr(outbox, "_mark_sent", recorded)
+    monkeypatch.setattr(results, "_mark_sent", recorded)
     assert OutboxEmail.objects.filter(state=State.SENT).count() == SEND_CHUNK
     # The claim of the killed worker runs out; another worker drains what it left.
     OutboxEmail.objects.filter(state=State.SENDING).update(
-        claimed_at=timezone.now() - outbox.CLAIM_TIMEOUT - timedelta(seconds=1)
+        claimed_at=timezone.now() - drain.CLAIM_TIMEOUT - timedelta(seconds=1)
     )
 
     assert send_due().sent == total - SEND_CHUNK

@@ -13,9 +13,10 @@ from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from integrations.models import EmailIntegration
+from mailworker.delivery import composed_bytes, send_due
 from mailworker.models import NotificationSettings, OutboxEmail
 from mailworker.outbound.compose import HeaderInjectionError, compose, record_subject
-from mailworker.outbound.outbox import composed_bytes, queue_email, send_due
+from mailworker.outbound.queue import queue_email
 from mailworker.pipeline.passes import run_pass
 from mailworker.status import state_of
 from records.models import Message, ServiceRecord, Status

@@ -13,8 +13,9 @@ from email import message_from_bytes
 import pytest
 
 from integrations.models import EmailIntegration
+from mailworker.delivery import send_due
 from mailworker.models import OutboxEmail
-from mailworker.outbound.outbox import queue_email, send_due
+from mailworker.outbound.queue import queue_email
 from mailworker.pipeline.passes import run_pass
 from records.models import ProcessedEmail
 from records.services import create_record, get_or_create_end_user

@@ -9,10 +9,17 @@ from email.utils import make_msgid
 
 import pytest
 
-from mailworker.outbound.smtp import Envelope, SmtpFailure, send_envelopes
+from mailworker.senders import Delivery, Envelope, sender_for
+from mailworker.transport.errors import TransportError, TransportErrorKind
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.django_db
+
+
+def send_envelopes(integration, envelopes: list[Envelope], **options) -> list[Delivery]:
+    """Through the registry, one session, as the outbox sends a chunk."""
+    with sender_for(integration, **options) as sender:
+        return sender.send(envelopes)
 
 
 def small_email(to: str = "jane@customer.test", subject: str = "Hello") -> bytes:
@@ -45,8 +52,8 @@ def test_each_encryption_logs_in_and_delivers(smtp_server, smtp_integration, enc
         [Envelope("desk@desk.test", ["jane@customer.test", "joe@customer.test"], message)],
     )
 
-    assert delivery.accepted, delivery.problem
-    assert delivery.problem is None
+    assert delivery.accepted, delivery.error
+    assert delivery.error is None
     assert delivery.response.startswith("250 2.0.0 Ok: queued as ")
     assert delivery.refused == {}
     (received,) = smtp_server.messages
@@ -78,11 +85,11 @@ def test_a_wrong_password_is_an_authentication_failure(smtp_server, smtp_integra
     integration = smtp_integration(encryption="tls", smtp_password="not the password")
     smtp_server.clear()
 
-    with pytest.raises(SmtpFailure) as caught:
+    with pytest.raises(TransportError) as caught:
         send_envelopes(integration, [envelope()])
 
-    problem = caught.value.problem
-    assert problem.kind == "auth"
+    problem = caught.value
+    assert problem.kind == TransportErrorKind.AUTHENTICATION
     assert problem.field == "smtp_password"
     assert not problem.temporary
     assert "Authentication failed" in problem.message
@@ -98,11 +105,11 @@ def test_an_untrusted_certificate_stops_before_the_password(
     integration = smtp_integration(encryption=encryption, ca_certificate="")
     smtp_server.clear()
 
-    with pytest.raises(SmtpFailure) as caught:
+    with pytest.raises(TransportError) as caught:
         send_envelopes(integration, [envelope()])
 
-    problem = caught.value.problem
-    assert problem.kind == "tls"
+    problem = caught.value
+    assert problem.kind == TransportErrorKind.CERTIFICATE
     assert problem.field == "ca_certificate"
     assert not problem.temporary
     assert "not trusted" in problem.message
@@ -124,11 +131,11 @@ def test_verification_off_accepts_the_self_signed_certificate(
 def test_a_refused_connection_is_temporary(smtp_integration) -> None:
     integration = smtp_integration(encryption="none", smtp_port=free_port())
 
-    with pytest.raises(SmtpFailure) as caught:
+    with pytest.raises(TransportError) as caught:
         send_envelopes(integration, [envelope()])
 
-    problem = caught.value.problem
-    assert problem.kind == "connection"
+    problem = caught.value
+    assert problem.kind == TransportErrorKind.CONNECTION_REFUSED
     assert problem.temporary
     assert problem.field in ("smtp_host", "smtp_port")
     assert "refused the connection" in problem.message
@@ -141,12 +148,12 @@ def test_a_server_that_never_greets_times_out(smtp_integration) -> None:
         integration = smtp_integration(encryption="none", smtp_port=silent.getsockname()[1])
 
         started = time.monotonic()
-        with pytest.raises(SmtpFailure) as caught:
+        with pytest.raises(TransportError) as caught:
             send_envelopes(integration, [envelope()], timeout=0.5)
 
     assert time.monotonic() - started < 5
-    problem = caught.value.problem
-    assert problem.kind == "timeout"
+    problem = caught.value
+    assert problem.kind == TransportErrorKind.TIMEOUT
     assert problem.temporary
     assert "did not answer in time" in problem.message
 
@@ -170,10 +177,10 @@ def test_refused_recipients_are_listed_and_the_others_delivered(
     assert some.refused["nobody@refused.test"].startswith("550 5.1.1")
     assert not every.accepted
     assert set(every.refused) == {"a@refused.test", "b@refused.test"}
-    assert every.problem.kind == "recipient"
-    assert every.problem.field == ""
-    assert not every.problem.temporary
-    assert "550 5.1.1" in every.problem.message
+    assert every.error.kind == TransportErrorKind.RECIPIENT_REFUSED
+    assert every.error.field == ""
+    assert not every.error.temporary
+    assert "550 5.1.1" in every.error.message
     (received,) = smtp_server.messages
     assert received.rcpt_tos == ["jane@customer.test"]
 
@@ -187,11 +194,11 @@ def test_a_blocked_sender_fails_that_email_only(smtp_server, smtp_integration) -
     )
 
     assert not blocked.accepted
-    assert blocked.problem.kind == "sender"
-    assert blocked.problem.field == "email_address"
-    assert not blocked.problem.temporary
-    assert "553" in blocked.problem.message
-    assert "desk@blocked.test" in blocked.problem.message
+    assert blocked.error.kind == TransportErrorKind.SENDER_REFUSED
+    assert blocked.error.field == "email_address"
+    assert not blocked.error.temporary
+    assert "553" in blocked.error.message
+    assert "desk@blocked.test" in blocked.error.message
     assert fine.accepted
     assert [m.rcpt_tos for m in smtp_server.messages] == [["joe@customer.test"]]
 
@@ -201,11 +208,11 @@ def test_starttls_is_required_when_chosen(smtp_server, smtp_integration) -> None
     integration = smtp_integration(encryption="tls", smtp_port=smtp_server.plain_port)
     smtp_server.clear()
 
-    with pytest.raises(SmtpFailure) as caught:
+    with pytest.raises(TransportError) as caught:
         send_envelopes(integration, [envelope()])
 
-    problem = caught.value.problem
-    assert problem.kind == "tls"
+    problem = caught.value
+    assert problem.kind == TransportErrorKind.TLS_HANDSHAKE
     assert problem.field == "smtp_encryption"
     assert not problem.temporary
     assert "does not offer STARTTLS" in problem.message
@@ -216,13 +223,16 @@ def test_a_stopped_server_is_a_temporary_failure(smtp_server, smtp_integration) 
     integration = smtp_integration(encryption="ssl")
     smtp_server.stop()
     try:
-        with pytest.raises(SmtpFailure) as caught:
+        with pytest.raises(TransportError) as caught:
             send_envelopes(integration, [envelope()])
     finally:
         smtp_server.start()
 
-    assert caught.value.problem.kind == "connection"
-    assert caught.value.problem.temporary
+    assert caught.value.kind in (
+        TransportErrorKind.CONNECTION_REFUSED,
+        TransportErrorKind.CONNECTION_LOST,
+    )
+    assert caught.value.temporary
     (delivery,) = send_envelopes(integration, [envelope()])
     assert delivery.accepted
 
@@ -251,8 +261,11 @@ def test_a_connection_lost_halfway_fails_the_rest_temporarily(
     # The third arrived, but its answer was lost with the connection: it is retried.
     for delivery in deliveries[2:]:
         assert not delivery.accepted
-        assert delivery.problem.kind in ("connection", "timeout")
-        assert delivery.problem.temporary
+        assert delivery.error.kind in (
+            TransportErrorKind.CONNECTION_LOST,
+            TransportErrorKind.TIMEOUT,
+        )
+        assert delivery.error.temporary
     assert len(smtp_server.messages) == 3
 
 

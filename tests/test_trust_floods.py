@@ -11,8 +11,8 @@ import pytest
 from django.contrib.auth.models import Group, Permission
 from django.test import Client
 
+from mailworker.delivery import send_due
 from mailworker.models import OutboxEmail
-from mailworker.outbound.outbox import send_due
 from mailworker.pipeline.passes import run_pass
 from records import signals
 from records.models import Direction, Message, Quarantine, ServiceRecord

@@ -14,9 +14,9 @@ from django.core.exceptions import ValidationError
 
 from integrations.models import EmailIntegration
 from integrations.services import save_integration
+from mailworker.delivery import send_due
 from mailworker.models import NotificationSettings
 from mailworker.outbound.compose import HeaderInjectionError, compose
-from mailworker.outbound.outbox import send_due
 from mailworker.pipeline.passes import run_pass
 from records.models import ServiceRecord
 from records.services import create_record, get_or_create_end_user, post_agent_reply

@@ -18,13 +18,13 @@ from django.test import Client
 from django.urls import reverse
 
 from integrations.models import EmailIntegration, StrangerPolicy
+from mailworker.delivery import send_due
 from mailworker.models import NotificationSettings
 from mailworker.outbound.message_ids import (
     record_of_signed_message_id,
     sign_message_id,
     unsigned_message_id,
 )
-from mailworker.outbound.outbox import send_due
 from mailworker.pipeline.passes import run_pass
 from records.models import Message, Quarantine, ServiceRecord, Status
 from records.selectors import is_on_record

@@ -13,8 +13,9 @@ SECONDS_TARGET = 10.0
 
 
 def send_notifications(bench) -> list[Row]:
+    from mailworker.delivery import send_due
     from mailworker.models import OutboxEmail
-    from mailworker.outbound.outbox import queue_email, send_due
+    from mailworker.outbound.queue import queue_email
 
     count = bench.options.notifications
     integration = bench.integration()

@@ -11,6 +11,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
+
+from mailworker.transport.errors import TEMPORARY_KINDS, TransportError, TransportErrorKind
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_BATCH_SIZE = 500
@@ -31,18 +34,63 @@ class FetchedMessage:
     oversized: bool = False
 
 
-class MailboxError(Exception):
+class MailboxError(TransportError):
     """The mailbox cannot be read this pass (connection, TLS, protocol). The integration's
-    pass fails; other integrations go on."""
+    pass fails; other integrations go on. A TransportError spelt message first, as the
+    adapters raise it; when no field is given, the adapter fills it in from the kind."""
+
+    default_kind = TransportErrorKind.PROTOCOL
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: TransportErrorKind | None = None,
+        field: str = "",
+        temporary: bool | None = None,
+    ) -> None:
+        kind = kind or self.default_kind
+        if temporary is None:
+            temporary = kind in TEMPORARY_KINDS
+        super().__init__(kind, message, field=field, temporary=temporary)
 
 
 class MailboxAuthError(MailboxError):
     """The server refused the credentials: an admin must fix the integration."""
 
+    default_kind = TransportErrorKind.AUTHENTICATION
+
+
+# The form field of an integration that each kind of mailbox failure concerns.
+INCOMING_FIELDS = {
+    TransportErrorKind.CONNECTION_REFUSED: "incoming_port",
+    TransportErrorKind.UNREACHABLE: "incoming_server",
+    TransportErrorKind.TIMEOUT: "incoming_server",
+    TransportErrorKind.TLS_HANDSHAKE: "incoming_encryption",
+    TransportErrorKind.CERTIFICATE: "ca_certificate",
+    TransportErrorKind.FOLDER_MISSING: "incoming_folder",
+}
+
+
+def incoming_field(kind: TransportErrorKind, integration: Any) -> str:
+    """The field to fix for a mailbox failure of this kind ("" when no one field is)."""
+    if kind in (TransportErrorKind.AUTHENTICATION, TransportErrorKind.NEEDS_RECONNECT):
+        return "oauth_client_secret" if integration.uses_oauth else "incoming_password"
+    return INCOMING_FIELDS.get(kind, "")
+
 
 class Mailbox(ABC):
+    integration: Any
+
     def __enter__(self) -> Mailbox:
-        self.connect()
+        try:
+            self.connect()
+        except TransportError as exc:
+            # Adapters and the token code say what failed; which field that is, is said here
+            # once for every protocol.
+            if not exc.field:
+                exc.field = incoming_field(exc.kind, self.integration)
+            raise
         return self
 
     def __exit__(

@@ -22,7 +22,8 @@ from mailworker.mailboxes.base import (
     MailboxError,
 )
 from mailworker.mailboxes.oauth import log_in_with_token
-from mailworker.mailboxes.tls import (
+from mailworker.transport.errors import TransportErrorKind, kind_of_os_error
+from mailworker.transport.tls import (
     describe_connection_error,
     ssl_context_for,
     uses_starttls,
@@ -89,7 +90,8 @@ class ImapMailbox(Mailbox):
             raise MailboxError(
                 f"{self.host}:{self.port} does not offer STARTTLS, which the integration's "
                 "encryption requires: the password was not sent in clear text. Choose SSL/TLS "
-                "(usually port 993) if the server has it."
+                "(usually port 993) if the server has it.",
+                kind=TransportErrorKind.TLS_HANDSHAKE,
             )
         with self._failures("starting TLS with STARTTLS"):
             client.starttls(context)
@@ -127,8 +129,20 @@ class ImapMailbox(Mailbox):
                 raise
             except imaplib.IMAP4.error as exc:
                 if not client.folder_exists(self.folder):
-                    raise MailboxError(self._missing_folder_message(client)) from exc
-                raise
+                    raise MailboxError(
+                        self._missing_folder_message(client),
+                        kind=TransportErrorKind.FOLDER_MISSING,
+                    ) from exc
+                # Logged in, but the folder cannot be opened (no right to it, say).
+                raise MailboxError(
+                    describe_connection_error(
+                        _readable(exc),
+                        host=self.host,
+                        port=self.port,
+                        action=f"opening the folder {self.folder!r}",
+                    ),
+                    kind=TransportErrorKind.FOLDER_MISSING,
+                ) from exc
         self._uidvalidity = int(response[b"UIDVALIDITY"])
         self.exists_on_select = int(response.get(b"EXISTS", 0))
         self._marks_acks = b"\\*" in response.get(b"PERMANENTFLAGS", ())
@@ -265,7 +279,14 @@ class ImapMailbox(Mailbox):
             message = describe_connection_error(
                 _readable(exc), host=self.host, port=self.port, action=action
             )
-            raise MailboxError(message) from exc
+            kind = (
+                kind_of_os_error(exc)
+                if isinstance(exc, OSError | EOFError)
+                else TransportErrorKind.PROTOCOL
+            )
+            if isinstance(exc, imaplib.IMAP4.abort):
+                kind = TransportErrorKind.CONNECTION_LOST
+            raise MailboxError(message, kind=kind) from exc
 
 
 def _sizes(client: IMAPClient, uids: list[int]) -> dict[int, int]:

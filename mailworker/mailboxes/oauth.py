@@ -9,13 +9,15 @@ when the server refuses a token we held for valid.
 from __future__ import annotations
 
 from integrations.models import EmailIntegration
-from integrations.oauth import tokens
-from integrations.oauth.errors import OAuthSetupError, ReconnectNeeded, TokenEndpointUnavailable
 from mailworker.mailboxes.base import MailboxAuthError, MailboxError
+from mailworker.transport import oauth
+from mailworker.transport.errors import TransportError, TransportErrorKind
 
 
 class NeedsReconnect(MailboxAuthError):
     """The integration must be connected again by an admin; nothing is tried until then."""
+
+    default_kind = TransportErrorKind.NEEDS_RECONNECT
 
 
 def access_token_for(integration: EmailIntegration) -> str:
@@ -25,17 +27,16 @@ def access_token_for(integration: EmailIntegration) -> str:
     or fix the settings the message names).
     """
     try:
-        return tokens.access_token_for(integration)
-    except ReconnectNeeded as exc:
-        raise NeedsReconnect(str(exc)) from exc
-    except TokenEndpointUnavailable as exc:
-        raise MailboxError(str(exc)) from exc
-    except OAuthSetupError as exc:
-        raise MailboxAuthError(str(exc)) from exc
+        return oauth.access_token_for(integration)
+    except TransportError as exc:
+        if exc.kind is TransportErrorKind.NEEDS_RECONNECT:
+            raise NeedsReconnect(exc.message) from exc
+        if exc.kind is TransportErrorKind.AUTHENTICATION:
+            raise MailboxAuthError(exc.message) from exc
+        raise MailboxError(exc.message, kind=exc.kind, temporary=exc.temporary) from exc
 
 
-def expire_access_token(integration: EmailIntegration, token: str) -> None:
-    tokens.expire_access_token(integration, token)
+expire_access_token = oauth.expire_access_token
 
 
 def log_in_with_token(integration: EmailIntegration, log_in) -> None:

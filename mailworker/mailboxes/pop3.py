@@ -25,7 +25,8 @@ from mailworker.mailboxes.base import (
     MailboxError,
 )
 from mailworker.mailboxes.oauth import log_in_with_token
-from mailworker.mailboxes.tls import (
+from mailworker.transport.errors import TransportErrorKind, kind_of_os_error
+from mailworker.transport.tls import (
     describe_connection_error,
     ssl_context_for,
     uses_starttls,
@@ -121,7 +122,8 @@ class Pop3Mailbox(Mailbox):
             raise MailboxError(
                 f"{self.host}:{self.port} does not offer STARTTLS (STLS), which the "
                 "integration's encryption requires: the password was not sent in clear text. "
-                "Choose SSL/TLS (usually port 995) if the server has it."
+                "Choose SSL/TLS (usually port 995) if the server has it.",
+                kind=TransportErrorKind.TLS_HANDSHAKE,
             )
         with self._failures("starting TLS with STLS"):
             connection.stls(context)
@@ -247,7 +249,8 @@ class Pop3Mailbox(Mailbox):
             ) from exc
         except (OSError, EOFError) as exc:
             raise MailboxError(
-                describe_connection_error(exc, host=self.host, port=self.port, action=action)
+                describe_connection_error(exc, host=self.host, port=self.port, action=action),
+                kind=kind_of_os_error(exc),
             ) from exc
 
 

@@ -13,7 +13,7 @@ from django.db.models import Q
 from integrations.models import EmailIntegration
 from mailworker.inbound import InboundEmail
 from mailworker.models import OutboxEmail
-from mailworker.outbound.outbox import queue_email
+from mailworker.outbound.queue import queue_email
 from mailworker.parsing import remove_emojis
 from mailworker.pipeline.context import EmailContext
 from records.email_rules import RuleInput, RuleOutcome, apply_rule_outcome, evaluate_email_rules

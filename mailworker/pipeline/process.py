@@ -23,7 +23,7 @@ from integrations.models import EmailIntegration
 from mailworker.inbound import InboundEmail
 from mailworker.models import OutboxEmail
 from mailworker.notifications import queue_flood_alert
-from mailworker.outbound.outbox import (
+from mailworker.outbound.queue import (
     batch_mark,
     batched_outbox,
     prefetch_automatic_counts,

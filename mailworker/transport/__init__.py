@@ -1,1 +1,4 @@
-"""Leaves every transport shares: error vocabulary, TLS, XOAUTH2."""
+"""What every transport (mailboxes and senders) shares: one error vocabulary, TLS and XOAUTH2.
+
+A leaf: nothing here imports the mail engine above it.
+"""

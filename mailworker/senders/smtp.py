@@ -1,12 +1,11 @@
-"""SMTP transport: one connection per batch of envelopes, and errors an admin can act on.
+"""SMTP sender: one session kept over batches of envelopes, and errors an admin can act on.
 
-`send_envelopes` opens one session with the integration's encryption and credentials, sends
+`SmtpSender` opens one session with the integration's encryption and credentials, sends
 every envelope over it, and answers with one `Delivery` per envelope. Only a session that
-cannot be opened at all (connection refused, TLS, certificate, AUTH) raises `SmtpFailure`;
+cannot be opened at all (connection refused, TLS, certificate, AUTH) raises `TransportError`;
 what goes wrong with one message (sender or recipients refused, DATA refused, the connection
 lost halfway) is that message's `Delivery`, so the rest of the batch still goes out and the
-outbox records an answer for every row. `SmtpSender` keeps one session open over several
-batches, for a caller that records each batch's outcome before sending the next.
+outbox records an answer for every row.
 
 aiosmtplib is asynchronous; the desk's callers (Celery tasks, management commands, views) are
 not, so each sender runs its own event loop (`asyncio.Runner`). It therefore cannot be used
@@ -17,79 +16,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import aiosmtplib
 from django.core.mail.utils import DNS_NAME
 
 from integrations.models import EmailIntegration, Encryption
-from mailworker.mailboxes.base import MailboxAuthError, MailboxError
-from mailworker.mailboxes.oauth import NeedsReconnect, access_token_for, expire_access_token
-from mailworker.mailboxes.tls import describe_connection_error, ssl_context_for
+from mailworker.senders.base import DEFAULT_TIMEOUT_SECONDS, Delivery, Envelope, Sender
+from mailworker.transport.errors import TransportError, TransportErrorKind, kind_of_os_error
+from mailworker.transport.oauth import access_token_for, expire_access_token
+from mailworker.transport.tls import describe_connection_error, ssl_context_for
 from mailworker.transport.xoauth2 import xoauth2_base64
 
-DEFAULT_TIMEOUT_SECONDS = 30.0
+T = TypeVar("T")
+
+# The form field of an integration that each kind of connection failure concerns.
+SMTP_FIELDS = {
+    TransportErrorKind.CONNECTION_REFUSED: "smtp_port",
+    TransportErrorKind.TLS_HANDSHAKE: "smtp_encryption",
+    TransportErrorKind.CERTIFICATE: "ca_certificate",
+}
 
 
-@dataclass(frozen=True)
-class Envelope:
-    sender: str  # envelope MAIL FROM
-    recipients: list[str]  # RCPT TO
-    message: bytes  # the whole RFC 5322 message, CRLF line endings
-
-
-@dataclass(frozen=True)
-class SmtpProblem:
-    """What went wrong, in words for an admin, and which field of the integration to fix.
-
-    kind: connection, tls, auth, sender, recipient, timeout, protocol or message.
-    field: the form field it concerns ("" when none does, e.g. a refused recipient).
-    temporary: worth retrying later (refused connection, timeout, 4xx) or not (5xx, TLS, auth).
-    """
-
-    kind: str
-    field: str
-    message: str
-    temporary: bool
-
-
-@dataclass(frozen=True)
-class Delivery:
-    accepted: bool  # the server accepted the message for at least one recipient
-    response: str  # the server's answer to DATA, e.g. "250 2.0.0 Ok: queued as X"
-    refused: dict[str, str] = field(default_factory=dict)  # recipient -> "550 5.1.1 ..."
-    problem: SmtpProblem | None = None  # why it was not accepted (None when accepted)
-
-
-class SmtpFailure(Exception):
-    """The session could not be opened (connect, TLS, AUTH): nothing of the batch was sent."""
-
-    def __init__(self, problem: SmtpProblem) -> None:
-        super().__init__(problem.message)
-        self.problem = problem
-
-
-def send_envelopes(
-    integration: EmailIntegration,
-    envelopes: Sequence[Envelope],
-    *,
-    timeout: float = DEFAULT_TIMEOUT_SECONDS,
-) -> list[Delivery]:
-    """Send the envelopes over one SMTP session of the integration; one Delivery each, in order.
-
-    Raises SmtpFailure only when the session cannot be established. Runs its own event loop:
-    it cannot be called from inside a running one.
-    """
-    if not envelopes:
-        return []
-    with SmtpSender(integration, timeout=timeout) as sender:
-        return sender.send(envelopes)
-
-
-class SmtpSender:
+class SmtpSender(Sender):
     """Batches of envelopes over one SMTP session, kept open between batches so that the
     connection, TLS handshake and login are paid once, while the caller records what became
     of each batch before it sends the next. A batch that lost the connection makes the next
@@ -98,34 +49,38 @@ class SmtpSender:
     def __init__(
         self, integration: EmailIntegration, *, timeout: float = DEFAULT_TIMEOUT_SECONDS
     ) -> None:
-        self.integration = integration
-        self.timeout = timeout
-        self._runner = asyncio.Runner()
+        super().__init__(integration, timeout=timeout)
+        self._runner: asyncio.Runner | None = None
         self._session: _Session | None = None
         self._client: aiosmtplib.SMTP | None = None
 
-    def __enter__(self) -> SmtpSender:
-        return self
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._runner is None:
+            self._runner = asyncio.Runner()
+        return self._runner.run(coroutine)
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def open(self) -> None:
+        """Open the session unless one is open and still answers."""
+        if self._client is None or not self._run(_still_answers(self._client)):
+            self._connect()
 
     def close(self) -> None:
         """End the session (QUIT) and the event loop."""
         try:
             if self._client is not None:
-                self._runner.run(_quit(self._client))
+                self._run(_quit(self._client))
                 self._client = None
         finally:
-            self._runner.close()
+            if self._runner is not None:
+                self._runner.close()
+                self._runner = None
 
     def send(self, envelopes: Sequence[Envelope]) -> list[Delivery]:
-        """One Delivery per envelope, in order. Raises SmtpFailure when no session can be
+        """One Delivery per envelope, in order. Raises TransportError when no session can be
         opened (nothing of the batch was sent)."""
         if not envelopes:
             return []
-        if self._client is None or not self._runner.run(_still_answers(self._client)):
-            self._connect()
+        self.open()
         deliveries, closed_at = self._send_batch(list(envelopes))
         if closed_at is None:
             return deliveries
@@ -134,14 +89,14 @@ class SmtpSender:
         # A session kept over batches meets such a limit where a session per batch did not.
         try:
             self._connect()
-        except SmtpFailure:
+        except TransportError:
             return deliveries
         rest, _closed_again = self._send_batch(list(envelopes[closed_at:]))
         return deliveries[:closed_at] + rest
 
     def _send_batch(self, envelopes: list[Envelope]) -> tuple[list[Delivery], int | None]:
         assert self._session is not None and self._client is not None
-        return self._runner.run(_send_batch(self._session, self._client, envelopes))
+        return self._run(_send_batch(self._session, self._client, envelopes))
 
     def _connect(self) -> None:
         if self._client is not None:
@@ -161,7 +116,7 @@ class SmtpSender:
 
     def _open(self, *, token: str | None) -> None:
         session = _Session(self.integration, timeout=self.timeout, token=token)
-        self._client = self._runner.run(session.open())
+        self._client = self._run(session.open())
         self._session = session
 
 
@@ -172,20 +127,12 @@ def uses_xoauth2(integration: EmailIntegration) -> bool:
 
 
 def _access_token(integration: EmailIntegration) -> str:
-    try:
-        return access_token_for(integration)
-    except NeedsReconnect as exc:
-        raise SmtpFailure(
-            SmtpProblem(kind="auth", field="", message=str(exc), temporary=False)
-        ) from exc
-    except MailboxError as exc:  # the token endpoint is down, or the settings are wrong
-        temporary = not isinstance(exc, MailboxAuthError)
-        raise SmtpFailure(
-            SmtpProblem(kind="auth", field="", message=str(exc), temporary=temporary)
-        ) from exc
+    """The integration's token. The token code raises the transports' own errors: needs
+    reconnect (permanent), or the token endpoint down (temporary)."""
+    return access_token_for(integration)
 
 
-class TokenRefused(SmtpFailure):
+class TokenRefused(TransportError):
     """The server refused the OAuth 2.0 access token."""
 
 
@@ -193,7 +140,7 @@ class TokenRefused(SmtpFailure):
 
 
 class _Session:
-    """Opens the connection the integration describes; every failure becomes SmtpFailure."""
+    """Opens the connection the integration describes; every failure becomes TransportError."""
 
     def __init__(
         self, integration: EmailIntegration, *, timeout: float, token: str | None = None
@@ -243,13 +190,11 @@ class _Session:
         try:
             context = ssl_context_for(self.integration)
         except (ssl.SSLError, ValueError) as exc:
-            raise SmtpFailure(
-                SmtpProblem(
-                    kind="tls",
-                    field="ca_certificate",
-                    message=f"The CA certificate of the integration cannot be used: {exc}.",
-                    temporary=False,
-                )
+            raise TransportError(
+                kind=TransportErrorKind.CERTIFICATE,
+                field="ca_certificate",
+                message=f"The CA certificate of the integration cannot be used: {exc}.",
+                temporary=False,
             ) from exc
         if self.encryption == Encryption.TLS12:
             # ssl_context_for() reads the incoming encryption; this is the outgoing one.
@@ -258,17 +203,15 @@ class _Session:
 
     async def _start_tls(self, client: aiosmtplib.SMTP, context: ssl.SSLContext | None) -> None:
         if not client.supports_extension("starttls"):
-            raise SmtpFailure(
-                SmtpProblem(
-                    kind="tls",
-                    field="smtp_encryption",
-                    message=(
-                        f"{self.where} does not offer STARTTLS, which the integration's "
-                        "encryption requires: nothing was sent in clear text. Choose SSL/TLS "
-                        "(usually port 465) if the server has it, or check the port."
-                    ),
-                    temporary=False,
-                )
+            raise TransportError(
+                kind=TransportErrorKind.TLS_HANDSHAKE,
+                field="smtp_encryption",
+                message=(
+                    f"{self.where} does not offer STARTTLS, which the integration's "
+                    "encryption requires: nothing was sent in clear text. Choose SSL/TLS "
+                    "(usually port 465) if the server has it, or check the port."
+                ),
+                temporary=False,
             )
         await self._run(client.starttls(tls_context=context), action="starting TLS (STARTTLS)")
         # The server's extensions (AUTH among them) must be asked again over TLS (RFC 3207).
@@ -278,20 +221,18 @@ class _Session:
         username = self.integration.smtp_username
         if not client.supports_extension("auth"):
             clear = client.get_transport_info("sslcontext") is None
-            raise SmtpFailure(
-                SmtpProblem(
-                    kind="auth",
-                    field="smtp_encryption" if clear else "smtp_username",
-                    message=(
-                        f"{self.where} does not offer authentication (AUTH)"
-                        + (
-                            " over a clear-text connection: choose STARTTLS or SSL/TLS."
-                            if clear
-                            else ": clear the username to send without logging in."
-                        )
-                    ),
-                    temporary=False,
-                )
+            raise TransportError(
+                kind=TransportErrorKind.AUTHENTICATION,
+                field="smtp_encryption" if clear else "smtp_username",
+                message=(
+                    f"{self.where} does not offer authentication (AUTH)"
+                    + (
+                        " over a clear-text connection: choose STARTTLS or SSL/TLS."
+                        if clear
+                        else ": clear the username to send without logging in."
+                    )
+                ),
+                temporary=False,
             )
         try:
             await self._run(
@@ -299,16 +240,14 @@ class _Session:
                 action=f"logging in as {username}",
             )
         except aiosmtplib.SMTPAuthenticationError as exc:
-            raise SmtpFailure(
-                SmtpProblem(
-                    kind="auth",
-                    field="smtp_password",
-                    message=(
-                        f"Authentication failed: {self.where} refused the login of {username} "
-                        f"({_answer(exc)}). Check the username and password."
-                    ),
-                    temporary=_is_temporary(exc.code),
-                )
+            raise TransportError(
+                kind=TransportErrorKind.AUTHENTICATION,
+                field="smtp_password",
+                message=(
+                    f"Authentication failed: {self.where} refused the login of {username} "
+                    f"({_answer(exc)}). Check the username and password."
+                ),
+                temporary=_is_temporary(exc.code),
             ) from exc
 
     async def _log_in_xoauth2(self, client: aiosmtplib.SMTP, token: str) -> None:
@@ -316,17 +255,15 @@ class _Session:
         aiosmtplib has no XOAUTH2, so the two commands are sent here."""
         username = self.integration.smtp_username or self.integration.oauth_mailbox
         if "xoauth2" not in client.server_auth_methods:
-            raise SmtpFailure(
-                SmtpProblem(
-                    kind="auth",
-                    field="smtp_host",
-                    message=(
-                        f"{self.where} does not offer OAuth 2.0 (AUTH XOAUTH2): use "
-                        "smtp.office365.com (Microsoft 365) or smtp.gmail.com (Google), port "
-                        "587 with STARTTLS."
-                    ),
-                    temporary=False,
-                )
+            raise TransportError(
+                kind=TransportErrorKind.AUTHENTICATION,
+                field="smtp_host",
+                message=(
+                    f"{self.where} does not offer OAuth 2.0 (AUTH XOAUTH2): use "
+                    "smtp.office365.com (Microsoft 365) or smtp.gmail.com (Google), port "
+                    "587 with STARTTLS."
+                ),
+                temporary=False,
             )
         action = f"logging in as {username} with OAuth 2.0 (XOAUTH2)"
         response = await self._run(
@@ -338,42 +275,38 @@ class _Session:
             response = await self._run(client.execute_command(b""), action=action)
         if response.code != 235:
             raise TokenRefused(
-                SmtpProblem(
-                    kind="auth",
-                    field="",
-                    message=(
-                        f"Authentication failed: {self.where} refused the OAuth 2.0 token for "
-                        f"{username} ({response.code} {response.message}). Check that the app "
-                        "may send as this mailbox (SMTP AUTH enabled for it at Microsoft)."
-                    ),
-                    temporary=_is_temporary(response.code),
-                )
+                kind=TransportErrorKind.AUTHENTICATION,
+                field="",
+                message=(
+                    f"Authentication failed: {self.where} refused the OAuth 2.0 token for "
+                    f"{username} ({response.code} {response.message}). Check that the app "
+                    "may send as this mailbox (SMTP AUTH enabled for it at Microsoft)."
+                ),
+                temporary=_is_temporary(response.code),
             )
 
     async def _run(self, step, *, action: str):
-        """Await one step of opening the session; turn what it raises into SmtpFailure."""
+        """Await one step of opening the session; turn what it raises into TransportError."""
         try:
             return await step
-        except (SmtpFailure, aiosmtplib.SMTPAuthenticationError):
+        except (TransportError, aiosmtplib.SMTPAuthenticationError):
             raise
         except aiosmtplib.SMTPResponseException as exc:
-            raise SmtpFailure(
-                SmtpProblem(
-                    kind="protocol",
-                    field="smtp_host",
-                    message=f"{self.where} answered {_answer(exc)} while {action}.",
-                    temporary=_is_temporary(exc.code),
-                )
+            raise TransportError(
+                kind=TransportErrorKind.PROTOCOL,
+                field="smtp_host",
+                message=f"{self.where} answered {_answer(exc)} while {action}.",
+                temporary=_is_temporary(exc.code),
             ) from exc
         except (aiosmtplib.SMTPException, OSError, EOFError) as exc:
-            raise SmtpFailure(self._connection_problem(exc, action=action)) from exc
+            raise self._connection_problem(exc, action=action) from exc
 
-    def _connection_problem(self, exc: BaseException, *, action: str) -> SmtpProblem:
+    def _connection_problem(self, exc: BaseException, *, action: str) -> TransportError:
         cause = _root_cause(exc)
         message = describe_connection_error(cause, host=self.host, port=self.port, action=action)
         if isinstance(cause, ssl.SSLCertVerificationError):
-            return SmtpProblem(
-                kind="tls",
+            return TransportError(
+                kind=TransportErrorKind.CERTIFICATE,
                 field="ca_certificate",
                 message=(
                     f"The server certificate of {self.where} is not trusted "
@@ -382,28 +315,18 @@ class _Session:
                 ),
                 temporary=False,
             )
-        if isinstance(cause, ssl.SSLError):
-            return SmtpProblem(
-                kind="tls", field="smtp_encryption", message=message, temporary=False
-            )
-        if isinstance(cause, TimeoutError):
-            return SmtpProblem(kind="timeout", field="smtp_host", message=message, temporary=True)
-        if isinstance(cause, ConnectionRefusedError):
-            return SmtpProblem(
-                kind="connection", field="smtp_port", message=message, temporary=True
-            )
-        if isinstance(cause, socket.gaierror):
-            return SmtpProblem(
-                kind="connection", field="smtp_host", message=message, temporary=True
-            )
         if isinstance(cause, OSError | EOFError):
-            return SmtpProblem(
-                kind="connection", field="smtp_host", message=message, temporary=True
+            kind = kind_of_os_error(cause)
+            return TransportError(
+                kind=kind,
+                field=SMTP_FIELDS.get(kind, "smtp_host"),
+                message=message,
+                temporary=kind != TransportErrorKind.TLS_HANDSHAKE,
             )
         # aiosmtplib's own words: "Connection lost", "Timed out waiting for ...", ...
         text = getattr(cause, "message", None) or str(cause)
-        return SmtpProblem(
-            kind="connection",
+        return TransportError(
+            kind=TransportErrorKind.CONNECTION_LOST,
             field="smtp_host",
             message=f"The connection to {self.where} failed while {action}: {text}.",
             temporary=True,
@@ -440,8 +363,8 @@ async def _send_batch(
             closed_at = len(deliveries) - 1
             break
     if len(deliveries) < len(envelopes):
-        problem = SmtpProblem(
-            kind="connection",
+        problem = TransportError(
+            kind=TransportErrorKind.CONNECTION_LOST,
             field="smtp_host",
             message=f"The connection to {session.where} was lost before this email was sent.",
             temporary=True,
@@ -459,8 +382,8 @@ async def _deliver(client: aiosmtplib.SMTP, envelope: Envelope) -> Delivery:
         )
     except aiosmtplib.SMTPSenderRefused as exc:
         return _not_sent(
-            SmtpProblem(
-                kind="sender",
+            TransportError(
+                kind=TransportErrorKind.SENDER_REFUSED,
                 field="email_address",
                 message=(
                     f"The server refused the sender {envelope.sender} ({_answer(exc)}). "
@@ -476,8 +399,8 @@ async def _deliver(client: aiosmtplib.SMTP, envelope: Envelope) -> Delivery:
             accepted=False,
             response="",
             refused=refused,
-            problem=SmtpProblem(
-                kind="recipient",
+            error=TransportError(
+                kind=TransportErrorKind.RECIPIENT_REFUSED,
                 field="",
                 message=f"The server refused every recipient: {listed}.",
                 temporary=all(_is_temporary(error.code) for error in exc.recipients),
@@ -485,8 +408,8 @@ async def _deliver(client: aiosmtplib.SMTP, envelope: Envelope) -> Delivery:
         )
     except aiosmtplib.SMTPDataError as exc:
         return _not_sent(
-            SmtpProblem(
-                kind="message",
+            TransportError(
+                kind=TransportErrorKind.MESSAGE_REFUSED,
                 field="",
                 message=f"The server refused the email itself ({_answer(exc)}).",
                 temporary=_is_temporary(exc.code),
@@ -494,14 +417,19 @@ async def _deliver(client: aiosmtplib.SMTP, envelope: Envelope) -> Delivery:
         )
     except aiosmtplib.SMTPNotSupported as exc:
         return _not_sent(
-            SmtpProblem(kind="message", field="", message=f"{exc.message}.", temporary=False)
+            TransportError(
+                kind=TransportErrorKind.MESSAGE_REFUSED,
+                field="",
+                message=f"{exc.message}.",
+                temporary=False,
+            )
         )
     except ValueError as exc:
         # aiosmtplib checks every address before sending anything: a line break or a
         # malformed address never reaches the server.
         return _not_sent(
-            SmtpProblem(
-                kind="recipient",
+            TransportError(
+                kind=TransportErrorKind.RECIPIENT_REFUSED,
                 field="",
                 message=f"An address cannot be sent to: {exc}.",
                 temporary=False,
@@ -511,8 +439,8 @@ async def _deliver(client: aiosmtplib.SMTP, envelope: Envelope) -> Delivery:
         if exc.code == 421:  # the server is closing the connection
             raise aiosmtplib.SMTPServerDisconnected(_answer(exc)) from exc
         return _not_sent(
-            SmtpProblem(
-                kind="protocol",
+            TransportError(
+                kind=TransportErrorKind.PROTOCOL,
                 field="",
                 message=f"The server answered {_answer(exc)}.",
                 temporary=_is_temporary(exc.code),
@@ -550,15 +478,15 @@ async def _quit(client: aiosmtplib.SMTP) -> None:
 # Helpers --------------------------------------------------------------------------------
 
 
-def _not_sent(problem: SmtpProblem) -> Delivery:
-    return Delivery(accepted=False, response="", refused={}, problem=problem)
+def _not_sent(error: TransportError) -> Delivery:
+    return Delivery.failed(error)
 
 
-def _lost(session: _Session, exc: BaseException) -> SmtpProblem:
+def _lost(session: _Session, exc: BaseException) -> TransportError:
     timed_out = isinstance(exc, TimeoutError)
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return SmtpProblem(
-        kind="timeout" if timed_out else "connection",
+    return TransportError(
+        kind=TransportErrorKind.TIMEOUT if timed_out else TransportErrorKind.CONNECTION_LOST,
         field="smtp_host",
         message=f"The connection to {session.where} was lost while sending ({text}).",
         temporary=True,

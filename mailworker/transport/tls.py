@@ -1,6 +1,6 @@
-"""TLS for the mailbox adapters, and the words an admin reads when a connection fails.
+"""TLS for every transport, and the words an admin reads when a connection fails.
 
-Both adapters build their `ssl.SSLContext` here, so IMAP and POP3 trust the same
+IMAP, POP3 and SMTP build their `ssl.SSLContext` here, so they trust the same
 certificates, and explain a refused connection or a bad certificate the same way.
 """
 

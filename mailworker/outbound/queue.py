@@ -1,6 +1,10 @@
-"""The outbox: every email the desk sends is first a row, written in the transaction of the
-event that caused it, composed there (so retries send the same bytes and the Message-ID is
-known at once), and sent by a Celery task after the commit.
+"""Queueing into the outbox: every email the desk sends is first a row, written in the
+transaction of the event that caused it, its headers checked and its Message-ID chosen there
+(the Message-ID is known at once; the bytes are composed once, by delivery, and stored so
+that retries send the same bytes), and sent by a Celery task after the commit.
+
+This module imports no transport: it starts the send task by name, and `mailworker.delivery`
+drains the rows through a `Sender`.
 
 Guards, applied when queueing: never to an address one of our incoming integrations reads
 (the desk would mail itself), and at most AUTOMATIC_EMAILS_PER_RECIPIENT_PER_HOUR automatic
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from celery import current_app
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
@@ -27,12 +32,11 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from integrations.models import EmailIntegration
+from integrations.selectors import sending_integration as _sending_integration
 from integrations.services import addresses_read_by_incoming_integrations
 from mailworker.models import OutboxEmail
-from mailworker.outbound.compose import check_headers, compose, new_message_id
-from mailworker.outbound.smtp import Envelope, SmtpFailure, SmtpSender
+from mailworker.outbound.compose import check_headers, new_message_id
 from records.models import Direction, Message, ServiceRecord
-from records.services import add_message
 
 logger = logging.getLogger(__name__)
 State = OutboxEmail.State
@@ -40,19 +44,14 @@ Kind = OutboxEmail.Kind
 # Kinds that are never capped nor counted against the cap: their recipients are the desk's
 # own choice (Settings > Email), and they must not vanish because someone else is loud.
 UNCAPPED_KINDS = frozenset({Kind.FORWARD_IGNORED, Kind.COPY_INCOMING})
-MAX_ATTEMPTS = 10
-CLAIM_TIMEOUT = timedelta(minutes=10)  # a row "sending" longer than this lost its worker
-SEND_CHUNK = 50  # envelopes per SMTP connection; results are committed after each chunk
+# The task that drains the outbox, started by name: queueing never imports delivery.
+SEND_TASK = "mailworker.tasks.send_outbox"
 
 
 def sending_integration(*, record: ServiceRecord | None = None) -> EmailIntegration | None:
-    """The record's own integration when it sends, else the default one (system emails too)."""
-    if record is not None and record.source_integration_id:
-        source = record.source_integration
-        if source is not None and source.outgoing_enabled:
-            return source
-    default = EmailIntegration.objects.filter(is_default=True, outgoing_enabled=True).first()
-    return default or EmailIntegration.objects.filter(outgoing_enabled=True).order_by("pk").first()
+    """The record's own integration when it sends, else the default one (system emails too):
+    the rule of integrations.selectors, which the record screens use too."""
+    return _sending_integration(record=record)
 
 
 @dataclass
@@ -345,283 +344,9 @@ def _request_sending_on_commit() -> None:
 
 def request_sending() -> None:
     """Ask a worker to drain the outbox now (beat also does it regularly)."""
-    from mailworker.tasks import send_outbox
-
     if not settings.OUTBOX_SEND_ON_COMMIT:
         return
     try:
-        send_outbox.delay()
+        current_app.send_task(SEND_TASK)
     except Exception:  # the broker is down: beat's regular run sends it later
         logger.warning("outbox: could not queue the send task; beat will retry", exc_info=True)
-
-
-# Sending -------------------------------------------------------------------------------
-
-
-def backoff(attempts: int) -> timedelta:
-    return timedelta(seconds=min(3600, 30 * 2 ** max(0, attempts - 1)))
-
-
-def claim_due(*, limit: int) -> list[OutboxEmail]:
-    """Take up to `limit` due rows for this worker; two workers never take the same row."""
-    now = timezone.now()
-    OutboxEmail.objects.filter(state=State.SENDING, claimed_at__lt=now - CLAIM_TIMEOUT).update(
-        state=State.PENDING
-    )
-    with transaction.atomic():
-        due = (
-            OutboxEmail.objects.select_for_update(skip_locked=True)
-            .filter(state=State.PENDING)
-            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
-            .order_by("id")[:limit]
-        )
-        rows = list(due)
-        OutboxEmail.objects.filter(pk__in=[row.pk for row in rows]).update(
-            state=State.SENDING, claimed_at=now
-        )
-    return rows
-
-
-@dataclass(frozen=True)
-class _Failure:
-    row: OutboxEmail
-    error: str
-    temporary: bool
-
-
-@dataclass
-class SendReport:
-    sent: int = 0
-    retrying: int = 0
-    failed: int = 0
-
-
-def _record_results(
-    report: SendReport, *, sent: list[tuple[OutboxEmail, str]], failures: list[_Failure]
-) -> None:
-    """What became of a chunk, committed at once: a commit per email cost more than sending
-    it. A crash before this commit sends only this chunk again."""
-    with transaction.atomic():
-        _mark_sent(sent)
-        given_up = _mark_failed(failures)
-    report.sent += len(sent)
-    report.failed += given_up
-    report.retrying += len(failures) - given_up
-
-
-def _mark_sent(sent: list[tuple[OutboxEmail, str]]) -> None:
-    if not sent:
-        return
-    now = timezone.now()
-    rows = [row for row, _response in sent]
-    _log_outgoing([row for row in rows if row.record_id and row.log_message_id is None])
-    for row, response in sent:
-        row.state = State.SENT
-        row.sent_at = now
-        row.smtp_response = response[:2000]
-        row.last_error = ""
-    _update_rows(rows, ["state", "sent_at", "smtp_response", "last_error", "log_message"])
-
-
-def _log_outgoing(rows: list[OutboxEmail]) -> None:
-    """The sent emails' entries in their records' message logs; each record is touched once
-    (moved up the lists) rather than once an email."""
-    if not rows:
-        return
-    records = ServiceRecord.objects.in_bulk({row.record_id for row in rows})
-    for row in rows:
-        record = records.get(row.record_id)
-        if record is None:  # deleted since the email was claimed: no log to write to
-            continue
-        row.log_message = add_message(
-            record=record,
-            direction=Direction.OUTGOING,
-            from_address=row.sender_address,
-            subject=row.subject,
-            text_body=row.text_body,
-            to_addresses=row.to_addresses,
-            message_id=row.message_id,
-            in_reply_to=row.in_reply_to,
-            raw_size=len(row.raw_message),
-            integration=row.integration,
-            touch_record=False,
-        )
-    ServiceRecord.objects.filter(pk__in=list(records)).update(updated_at=timezone.now())
-
-
-def _mark_failed(failures: list[_Failure]) -> int:
-    """Schedule a retry with back-off, or give up; returns how many were given up."""
-    now = timezone.now()
-    given_up = 0
-    for failure in failures:
-        row = failure.row
-        attempts = row.attempts + 1
-        give_up = not failure.temporary or attempts >= MAX_ATTEMPTS
-        logger.warning(
-            "outbox: email %s to %s %s after attempt %d: %s",
-            row.pk,
-            ", ".join(row.to_addresses),
-            "failed" if give_up else "will be retried",
-            attempts,
-            failure.error,
-        )
-        row.state = State.FAILED if give_up else State.PENDING
-        row.attempts = attempts
-        row.last_error = failure.error[:5000]
-        row.next_attempt_at = None if give_up else now + backoff(attempts)
-        given_up += give_up
-    _update_rows(
-        [failure.row for failure in failures],
-        ["state", "attempts", "last_error", "next_attempt_at"],
-    )
-    return given_up
-
-
-def _update_rows(rows: list[OutboxEmail], fields: list[str]) -> None:
-    """Write these fields of each row, with one executemany for all. Django's bulk_update
-    builds a CASE expression per field and row, and cost more than the UPDATE per row it
-    was to replace: for 1,000 sent emails 0.5 s on SQLite and 0.75 s on PostgreSQL, against
-    0.01 s and 0.1 s this way."""
-    if not rows:
-        return
-    connection = transaction.get_connection()
-    quote = connection.ops.quote_name
-    meta = OutboxEmail._meta
-    columns = [meta.get_field(name) for name in fields]
-    assignments = ", ".join(f"{quote(column.column)} = %s" for column in columns)
-    # Only the model's own names, quoted, go into the text; every value is a parameter.
-    sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"  # noqa: S608
-    params = [
-        [column.get_db_prep_save(getattr(row, column.attname), connection) for column in columns]
-        + [row.pk]
-        for row in rows
-    ]
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
-
-
-def composed_bytes(row: OutboxEmail) -> bytes:
-    """The email's bytes: composed on the first attempt and stored, so that every retry
-    sends exactly the same email."""
-    _compose_missing([row])
-    return bytes(row.raw_message)
-
-
-def _compose_missing(rows: list[OutboxEmail]) -> None:
-    """Compose the emails that have no bytes yet (first attempts) and store them with one
-    UPDATE, before any of them is sent: a retry must send the very same bytes."""
-    missing = [row for row in rows if not row.raw_message]
-    for row in missing:
-        assert row.integration is not None
-        row.raw_message = compose(
-            integration=row.integration,
-            to=row.to_addresses,
-            subject=row.subject,
-            text=row.text_body,
-            html=row.html_body,
-            in_reply_to=row.in_reply_to,
-            references=row.references,
-            automatic=row.is_automatic,
-            attached_email=bytes(row.attached_email),
-            message_id=row.message_id,
-        ).raw
-    _update_rows(missing, ["raw_message"])
-
-
-def _by_integration(
-    rows: list[OutboxEmail],
-) -> list[tuple[EmailIntegration | None, list[OutboxEmail]]]:
-    """The rows grouped by the integration that sends them, which is read (and its secrets
-    decrypted) once a group rather than once a row."""
-    groups: dict[int | None, list[OutboxEmail]] = {}
-    for row in rows:
-        groups.setdefault(row.integration_id, []).append(row)
-    grouped = []
-    for group in groups.values():
-        integration = group[0].integration
-        for row in group:
-            row.integration = integration
-        grouped.append((integration, group))
-    return grouped
-
-
-class _Senders:
-    """One SMTP session per integration for a whole drain of the outbox, closed (QUIT) at
-    its end: a connection, TLS handshake and login per chunk cost a quarter of sending."""
-
-    def __init__(self) -> None:
-        self._senders: dict[int, SmtpSender] = {}
-
-    def __enter__(self) -> _Senders:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for sender in self._senders.values():
-            sender.close()
-
-    def sender(self, integration: EmailIntegration) -> SmtpSender:
-        if integration.pk not in self._senders:
-            self._senders[integration.pk] = SmtpSender(integration)
-        return self._senders[integration.pk]
-
-
-def send_rows(rows: list[OutboxEmail], report: SendReport, senders: _Senders) -> None:
-    from mailworker.status import note_failure, note_success  # health queues via this module
-
-    for integration, group in _by_integration(rows):
-        if integration is None or not integration.outgoing_enabled:
-            error = (
-                "its integration no longer sends email (Outgoing Emails is off or it was deleted)"
-            )
-            failures = [_Failure(row, error, temporary=False) for row in group]
-            _record_results(report, sent=[], failures=failures)
-            continue
-        for start in range(0, len(group), SEND_CHUNK):
-            chunk = group[start : start + SEND_CHUNK]
-            _compose_missing(chunk)
-            envelopes = [
-                Envelope(
-                    sender=row.sender_address,
-                    recipients=row.to_addresses,
-                    message=bytes(row.raw_message),
-                )
-                for row in chunk
-            ]
-            try:
-                deliveries = senders.sender(integration).send(envelopes)
-            except SmtpFailure as failure:
-                note_failure(
-                    integration=integration, direction="send email", error=failure.problem.message
-                )
-                # The session failed (server down, password changed): retry with back-off,
-                # since an admin's fix makes the same email go out.
-                failures = [_Failure(row, failure.problem.message, temporary=True) for row in chunk]
-                _record_results(report, sent=[], failures=failures)
-                continue
-            note_success(integration=integration)
-            sent, failures = [], []
-            for row, delivery in zip(chunk, deliveries, strict=True):
-                if delivery.accepted:
-                    sent.append((row, delivery.response))
-                else:
-                    problem = delivery.problem
-                    failures.append(
-                        _Failure(
-                            row,
-                            problem.message if problem else "not accepted",
-                            temporary=problem.temporary if problem else True,
-                        )
-                    )
-            _record_results(report, sent=sent, failures=failures)
-
-
-def send_due(*, batch: int = 200, max_rounds: int = 50) -> SendReport:
-    """Send everything due now, batch by batch."""
-    report = SendReport()
-    with _Senders() as senders:
-        for _round in range(max_rounds):
-            rows = claim_due(limit=batch)
-            if not rows:
-                break
-            send_rows(rows, report, senders)
-    return report
