@@ -158,6 +158,10 @@ class GraphServer:
         self._throttle: list[tuple[int, str, int]] = []  # (status, code, retry_after) per request
         self._failures: dict[str, int] = Counter()
         self.value_delay = 0.0
+        # Exchange keeps no MIME and writes it anew for each $value: with this on, every
+        # fetch of a message differs (a header of its own), as a real tenant's may.
+        self.mime_written_anew = False
+        self._value_fetches = 0
         self.notify_new_mail = True
 
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -661,7 +665,13 @@ def _handler_for(server: GraphServer) -> type[BaseHTTPRequestHandler]:
                 server.requests["GET $value"] += 1
                 if server.value_delay:
                     time.sleep(server.value_delay)
-                return self._send(200, message.mime, "text/plain")
+                mime = message.mime
+                if server.mime_written_anew:
+                    with server._lock:
+                        server._value_fetches += 1
+                        fetch = server._value_fetches
+                    mime = b"X-MS-Exchange-Written: %d\r\n" % fetch + mime
+                return self._send(200, mime, "text/plain")
             if method == "GET" and not rest:
                 return self._json(200, self._message_json(message, None))
             if method == "POST" and rest == ["move"]:
@@ -674,13 +684,13 @@ def _handler_for(server: GraphServer) -> type[BaseHTTPRequestHandler]:
                         400, "ErrorInvalidRequest", "destinationId is missing."
                     ) from exc
                 destination = self._find_folder(mailbox, destination_id)
-                moved = self._move(mailbox, message, destination)
+                moved = self._move(mailbox, message, destination, keep_id=self._immutable_ids())
                 return self._json(201, self._message_json(moved, None))
             if method == "DELETE" and not rest:
                 server.requests["DELETE message"] += 1
                 self._maybe_fail("DELETE message")
                 deleted = self._find_folder(mailbox, "deleteditems")
-                self._move(mailbox, message, deleted)
+                self._move(mailbox, message, deleted, keep_id=self._immutable_ids())
                 return self._send(204, b"", "")
             raise GraphError(405, "BadRequest", "Method not allowed.")
 
@@ -692,12 +702,20 @@ def _handler_for(server: GraphServer) -> type[BaseHTTPRequestHandler]:
                         500, "ErrorInternalServerError", "An internal server error occurred."
                     )
 
-        def _move(self, mailbox: Mailbox, message: StoredMessage, to: Folder) -> StoredMessage:
-            """Exchange gives a moved message a new id (unless ImmutableId is asked for)."""
+        def _immutable_ids(self) -> bool:
+            """Whether the request asks for immutable ids (`Prefer: IdType="ImmutableId"`,
+            alone or among other preferences)."""
+            preferences = self.headers.get("Prefer", "").split(",")
+            return any(p.strip() == 'IdType="ImmutableId"' for p in preferences)
+
+        def _move(
+            self, mailbox: Mailbox, message: StoredMessage, to: Folder, *, keep_id: bool = False
+        ) -> StoredMessage:
+            """Exchange gives a moved message a new id, unless ImmutableId is asked for."""
             with server._lock:
                 mailbox.messages.pop(message.id, None)
                 moved = StoredMessage(
-                    id=_new_id("AAMkAG"),
+                    id=message.id if keep_id else _new_id("AAMkAG"),
                     mime=message.mime,
                     received=message.received,
                     subject=message.subject,

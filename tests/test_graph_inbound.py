@@ -423,16 +423,53 @@ def test_an_unknown_mailbox_is_named(graph, graph_integration) -> None:
     assert "Microsoft Graph does not know the mailbox nobody@desk.test" in outcome.message
 
 
-def test_the_processed_marker_is_the_same_for_graph_and_imap(graph, graph_integration) -> None:
-    """The same bytes give the same marker: nothing in the Graph path rewrites the MIME."""
-    integration = graph_integration()
-    raw = make_email(subject="Marker")
-    graph.deliver(integration.incoming_username, raw)
-    run_pass(integration=integration)
-
+def test_the_processed_marker_is_keyed_on_the_immutable_id(graph, graph_integration) -> None:
+    """Exchange writes the MIME anew for each $value, so the marker cannot be the bytes'
+    hash: it is the message's immutable id in its mailbox."""
     from mailworker.pipeline.process import marker_key
 
-    assert ProcessedEmail.objects.filter(key=marker_key(raw)).exists()
+    integration = graph_integration()
+    mailbox = integration.incoming_username
+    (message_id,) = graph.deliver(mailbox, make_email(subject="Marker"))
+    run_pass(integration=integration)
+
+    identity = f"graph:{mailbox.lower()}:{message_id}"
+    assert ProcessedEmail.objects.filter(key=marker_key(b"", identity=identity)).exists()
+
+
+def test_a_crash_between_commit_and_ack_imports_once_when_the_mime_is_written_anew(
+    graph, graph_integration
+) -> None:
+    graph.mime_written_anew = True  # no two fetches of a message give the same bytes
+    integration = graph_integration()
+    mailbox = integration.incoming_username
+    graph.deliver(mailbox, numbered(5, "Anew"))
+    graph.fail_next("DELETE message", 5)
+
+    crashed = run_pass(integration=integration)
+    assert crashed.failed
+    assert ServiceRecord.objects.count() == 5
+
+    again = run_pass(integration=integration)
+
+    assert not again.failed, again.errors
+    assert again.counts["already processed"] == 5
+    imported_once("Anew", 5)
+    assert graph.count(mailbox) == 0
+
+
+def test_a_message_keeps_its_id_when_moved_to_the_processed_folder(
+    graph, graph_integration
+) -> None:
+    """The desk asks for immutable ids, so what it moved is still known by the id it had."""
+    integration = graph_integration(graph_processed_folder="Imported")
+    mailbox = integration.incoming_username
+    graph.add_folder(mailbox, "Imported")
+    delivered = graph.deliver(mailbox, numbered(2, "Kept id"))
+
+    run_pass(integration=integration)
+
+    assert sorted(m.id for m in graph.messages(mailbox, "Imported")) == sorted(delivered)
 
 
 @pytest.fixture

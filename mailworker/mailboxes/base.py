@@ -26,12 +26,19 @@ class FetchedMessage:
 
     `uid` is stable across sessions (IMAP UID with UIDVALIDITY, POP3 UIDL). When the message
     is larger than the limit, `raw` holds only its header block and `oversized` is True.
+
+    `identity`: for a server that makes the bytes anew on each fetch (Exchange keeps no MIME
+    and writes it when asked, so a re-fetch may differ in a boundary or a date), a name of
+    the message that the server keeps stable instead (Graph's immutable id). The processed
+    marker is then keyed on it, so a message fetched again after a crash between commit and
+    ack is still recognised. Empty: the bytes are the identity (IMAP, POP3 serve stored bytes).
     """
 
     uid: str
     raw: bytes
     size: int
     oversized: bool = False
+    identity: str = ""
 
 
 class MailboxError(TransportError):

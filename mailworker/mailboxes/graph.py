@@ -32,6 +32,7 @@ from mailworker.mailboxes.base import (
     MailboxError,
 )
 from mailworker.mailboxes.graph_client import (
+    IMMUTABLE_IDS,
     DeltaExpired,
     GraphClient,
     GraphNotFound,
@@ -190,7 +191,8 @@ class GraphMailbox(Mailbox):
         response = client.request(
             "GET",
             url,
-            headers={"Prefer": f"odata.maxpagesize={DELTA_PAGE_SIZE}"},
+            # Replaces the session's Prefer header, so it says both.
+            headers={"Prefer": f"odata.maxpagesize={DELTA_PAGE_SIZE}, {IMMUTABLE_IDS}"},
             action=f"listing the messages in {self.folder_name!r} of {self.mailbox}",
         )
         data = response.json()
@@ -301,7 +303,9 @@ class GraphMailbox(Mailbox):
                 body += chunk
                 if len(body) > self.max_message_bytes:
                     return self._headers_only(message_id, response, len(body), bytes(body))
-            return FetchedMessage(uid=message_id, raw=bytes(body), size=len(body))
+            return FetchedMessage(
+                uid=message_id, raw=bytes(body), size=len(body), identity=self._identity(message_id)
+            )
 
     def _headers_only(self, message_id: str, response, size: int, start: bytes) -> FetchedMessage:
         """Read no further than the blank line that ends the headers; the connection is
@@ -320,7 +324,20 @@ class GraphMailbox(Mailbox):
             if not chunk:
                 break
             block += chunk
-        return FetchedMessage(uid=message_id, raw=bytes(block), size=size, oversized=True)
+        return FetchedMessage(
+            uid=message_id,
+            raw=bytes(block),
+            size=size,
+            oversized=True,
+            identity=self._identity(message_id),
+        )
+
+    def _identity(self, message_id: str) -> str:
+        """Exchange keeps no MIME: it writes it anew for each $value, so two fetches of one
+        message may differ in a boundary or a date, and the bytes cannot be the processed
+        marker's key. The immutable id can: it never changes while the message stays in
+        this mailbox (ids are case-sensitive, so it is kept as it is)."""
+        return f"graph:{self.mailbox.lower()}:{message_id}"
 
     # Acking ----------------------------------------------------------------------------
 

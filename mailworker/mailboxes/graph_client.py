@@ -35,6 +35,9 @@ FIRST_BACKOFF_SECONDS = 1.0
 MAX_SINGLE_WAIT_SECONDS = 60.0
 
 
+IMMUTABLE_IDS = 'IdType="ImmutableId"'
+
+
 class GraphNotFound(MailboxError):
     """Graph answered 404: the mailbox, folder or message does not exist (any more)."""
 
@@ -79,6 +82,9 @@ class GraphClient:
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.session.headers["User-Agent"] = "servicedesk"
+        # Immutable ids (asked for on every request, as Graph wants): a message keeps its id
+        # when it is moved, which the processed marker relies on (see GraphMailbox).
+        self.session.headers["Prefer"] = IMMUTABLE_IDS
         self._slots = threading.BoundedSemaphore(self.concurrency)
         self._budget_lock = threading.Lock()
         self.throttled_seconds = 0.0

@@ -124,7 +124,10 @@ def drain_mailbox(
     seen: set[str] = set()
 
     def write(chunk: list[FetchedMessage], parsed: list[Parsed]) -> None:
-        emails = [RawEmail(message.raw, limit if message.oversized else None) for message in chunk]
+        emails = [
+            RawEmail(message.raw, limit if message.oversized else None, message.identity)
+            for message in chunk
+        ]
         acked = 0
         for results in process_chunk(
             integration=integration, emails=emails, lookups=lookups, parsed=parsed

@@ -65,13 +65,17 @@ class ProcessResult:
     reason: str = ""
 
 
-def marker_key(raw: bytes) -> str:
+def marker_key(raw: bytes, *, identity: str = "") -> str:
     """The processed marker's key: the SHA-256 of the raw bytes.
 
     A message fetched again after a crash between commit and ack has the same bytes, so it is
     recognised. Unlike the Message-ID, the bytes cannot be shared by two different emails
     (some mailers reuse Message-IDs), so no email is ever dropped as "already seen".
+    `identity`: the server's own stable name of the message, for servers whose bytes may
+    differ between two fetches (see FetchedMessage.identity); the key is then its SHA-256.
     """
+    if identity:
+        return hashlib.sha256(b"identity:" + identity.encode("utf-8", "replace")).hexdigest()
     return hashlib.sha256(raw).hexdigest()
 
 
@@ -199,6 +203,7 @@ class RawEmail:
 
     raw: bytes
     oversized_limit: int | None = None
+    identity: str = ""  # the server's stable name of the message, when it has one (marker_key)
 
 
 # A chunk commits after this many emails or this long, whichever comes first: a shared
@@ -249,7 +254,7 @@ def process_chunk(
     """
     max_emails = max_emails or CHUNK_MAX_EMAILS
     max_seconds = max_seconds or CHUNK_MAX_SECONDS
-    keys = [marker_key(email.raw) for email in emails]
+    keys = [marker_key(email.raw, identity=email.identity) for email in emails]
     done = processed_keys(integration=integration, keys=keys)
     if parsed is None:
         # Parsed before any transaction opens: it needs no database, and the chunk's senders
