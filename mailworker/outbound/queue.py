@@ -31,8 +31,8 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from integrations import selectors as integration_selectors
 from integrations.models import EmailIntegration
-from integrations.selectors import sending_integration as _sending_integration
 from integrations.services import addresses_read_by_incoming_integrations
 from mailworker.models import OutboxEmail
 from mailworker.outbound.compose import check_headers, new_message_id
@@ -50,8 +50,13 @@ SEND_TASK = "mailworker.tasks.send_outbox"
 
 def sending_integration(*, record: ServiceRecord | None = None) -> EmailIntegration | None:
     """The record's own integration when it sends, else the default one (system emails too):
-    the rule of integrations.selectors, which the record screens use too."""
-    return _sending_integration(record=record)
+    the rule of integrations.selectors, which the record screens use too. The sending
+    integrations are read once per batch."""
+    choices = batched(SENDING_INTEGRATIONS, integration_selectors.sending_integrations)
+    return integration_selectors.sending_integration(record=record, choices=choices)
+
+
+SENDING_INTEGRATIONS = "sending integrations"
 
 
 @dataclass
