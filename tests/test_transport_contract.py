@@ -5,10 +5,11 @@ one rule for which integration sends."""
 from __future__ import annotations
 
 import email
+import subprocess
+import sys
 from email import policy
 
 import pytest
-from django.db import transaction
 
 from integrations.models import EmailIntegration
 from integrations.selectors import sending_integration
@@ -22,8 +23,7 @@ from mailworker.senders.smtp import SmtpSender
 from mailworker.transport.errors import TransportError, TransportErrorKind
 from records.selectors import default_reply_integration, sending_integrations
 from records.services import create_record, get_or_create_end_user
-from servicedesk.celery import app
-from tests.conftest import free_port
+from tests.conftest import PROJECT_ROOT, free_port
 from tests.workers import Workers, wait_until
 
 
@@ -101,37 +101,50 @@ def test_the_reply_form_and_the_outbox_pick_the_same_integration(db) -> None:
     assert queued.rows[0].integration == zulu
 
 
+QUEUE_ON_COMMIT = """
+from django.db import transaction
+from integrations.models import EmailIntegration
+from mailworker.outbound.queue import queue_email
+
+with transaction.atomic():
+    queue_email(
+        kind="reply",
+        to=["jane@customer.test"],
+        subject="Sent on commit",
+        text="Hello",
+        integration=EmailIntegration.objects.get(pk={pk}),
+        automatic=False,
+    )
+"""
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_committed_email_is_sent_by_a_worker_at_once(
-    workers: Workers, smtp_server, smtp_integration, settings, monkeypatch
+    workers: Workers, smtp_server, smtp_integration
 ) -> None:
     """Queueing starts the send task by its name when the transaction commits: a worker
-    sends the email without waiting for beat's next drain."""
+    sends the email without waiting for beat's next drain. The email is queued by a process
+    of its own on the test broker, as the web queues an agent's reply."""
     integration = smtp_integration(encryption="tls")
     smtp_server.clear()
     worker = workers.celery_worker()
     worker.start()
-    settings.OUTBOX_SEND_ON_COMMIT = True
-    # This process publishes to the test broker, where the worker listens.
-    monkeypatch.setattr(app.conf, "broker_url", workers.broker_url)
-    app.close()  # no connection to the previous broker is kept
-    try:
-        with transaction.atomic():
-            queue_email(
-                kind="reply",
-                to=["jane@customer.test"],
-                subject="Sent on commit",
-                text="Hello",
-                integration=integration,
-                automatic=False,
-            )
-        wait_until(
-            lambda: OutboxEmail.objects.filter(state=OutboxEmail.State.SENT).exists(),
-            timeout=60,
-            message=f"the worker sent nothing:\n{worker.output()[-3000:]}",
-        )
-    finally:
-        app.close()
+
+    queued = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", QUEUE_ON_COMMIT.format(pk=integration.pk)],
+        cwd=PROJECT_ROOT,
+        env=workers.environment(OUTBOX_SEND_ON_COMMIT="true"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert queued.returncode == 0, queued.stderr
+
+    wait_until(
+        lambda: OutboxEmail.objects.filter(state=OutboxEmail.State.SENT).exists(),
+        timeout=60,
+        message=f"the worker sent nothing:\n{worker.output()[-3000:]}",
+    )
     (received,) = smtp_server.messages
     assert b"Subject: Sent on commit" in received.raw
 
