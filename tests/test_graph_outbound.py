@@ -25,7 +25,7 @@ from records.models import Direction, ServiceRecord
 from tests.graph_helpers import make_graph_integration
 from tests.graph_server import GraphServer
 from tests.mail import make_email
-from tests.oauth_helpers import make_oauth_integration
+from tests.oauth_helpers import connect_with_test_client, make_oauth_integration
 from tests.test_connection_tests import page, text_of
 
 pytestmark = pytest.mark.django_db
@@ -461,3 +461,44 @@ def test_export_and_import_keep_the_graph_settings(graph, graph_desk, tmp_path) 
         "incoming_username",
     ):
         assert getattr(copy, name) == getattr(integration, name), name
+
+
+def test_graph_incoming_sends_through_a_relay_without_a_graph_token(
+    graph, smtp_server, acknowledgements_only
+) -> None:
+    """A Graph token has Graph's audience: SMTP never gets it as XOAUTH2. A relay that needs
+    no login gets no AUTH at all."""
+    integration = make_graph_integration(graph)
+    integration.outgoing_enabled = True
+    integration.email_address = integration.incoming_username
+    integration.smtp_host = smtp_server.host
+    integration.smtp_port = smtp_server.port_for("none")
+    integration.smtp_encryption = "none"
+    integration.full_clean()
+    integration.save()
+    smtp_server.clear()
+
+    outcome = send_test_email(integration=integration, to="jane@customer.test")
+
+    assert outcome.ok, outcome.message
+    (received,) = smtp_server.messages
+    assert received.rcpt_tos == ["jane@customer.test"]
+
+
+def test_a_delegated_mailbox_sends_after_connecting(
+    graph, client, admin_user, oauth_settings, acknowledgements_only
+) -> None:
+    client.force_login(admin_user)
+    integration = make_graph_integration(graph, app_only=False)
+    integration.outgoing_enabled = True
+    integration.outgoing_protocol = "microsoft_graph"
+    integration.email_address = integration.incoming_username
+    integration.full_clean()
+    integration.save()
+    assert connect_with_test_client(client, integration, oauth_settings).status_code == 200
+    integration = EmailIntegration.objects.get(pk=integration.pk)
+
+    outcome = send_test_email(integration=integration, to="jane@customer.test")
+
+    assert outcome.ok, outcome.message
+    assert graph.sent[-1][0] == integration.email_address

@@ -42,7 +42,11 @@ class GraphSender(Sender):
         try:
             self._client.token()
         except TransportError as error:
-            error.field = error.field or "oauth_client_secret"
+            if error.kind in (
+                TransportErrorKind.AUTHENTICATION,
+                TransportErrorKind.NEEDS_RECONNECT,
+            ):
+                error.field = error.field or "oauth_client_secret"
             raise
 
     def close(self) -> None:
@@ -97,7 +101,9 @@ class GraphSendClient(GraphClient):
         said = problem.said
         if problem.status == 403:
             return TransportError(
-                TransportErrorKind.PERMISSION, self._permission_advice(problem), field=self._app
+                TransportErrorKind.PERMISSION,
+                self._permission_advice(problem),
+                field="oauth_client_id",
             )
         if problem.status == 413 or "size" in problem.code.lower():
             return TransportError(
@@ -144,10 +150,6 @@ class GraphSendClient(GraphClient):
             "consent.",
             field="oauth_client_secret",
         )
-
-    @property
-    def _app(self) -> str:
-        return "oauth_client_id"
 
     def _permission_advice(self, problem: GraphProblem) -> str:
         who = (
