@@ -259,6 +259,7 @@ def test_a_mailbox_outside_the_access_policy_is_named(graph, graph_desk) -> None
     outcome = send_test_email(integration=integration, to="jane@customer.test")
 
     assert not outcome.ok
+    assert outcome.field == "email_address"  # the mailbox the policy leaves out
     assert "application access policy" in outcome.message
     assert "New-ApplicationAccessPolicy" in outcome.message
 

@@ -100,10 +100,12 @@ class GraphSendClient(GraphClient):
     def error_for(self, problem: GraphProblem, action: str) -> TransportError:
         said = problem.said
         if problem.status == 403:
+            policy = "[raop]" in problem.message.lower()
             return TransportError(
                 TransportErrorKind.PERMISSION,
                 self._permission_advice(problem),
-                field="oauth_client_id",
+                # The policy leaves out this mailbox; otherwise the app lacks a permission.
+                field="email_address" if policy else "oauth_client_id",
             )
         if problem.status == 413 or "size" in problem.code.lower():
             return TransportError(
@@ -156,8 +158,7 @@ class GraphSendClient(GraphClient):
             f"Microsoft Graph refused to send as {self.mailbox} "
             f"({problem.code}: {problem.message})."
         )
-        text = problem.message.lower()
-        if "accesspolicy" in text or "[raop]" in text:
+        if "[raop]" in problem.message.lower():
             return (
                 f"{who} The tenant's application access policy does not include this mailbox "
                 f"for the app {self.integration.oauth_client_id}: add the mailbox (or the "
