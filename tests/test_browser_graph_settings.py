@@ -8,6 +8,7 @@ from playwright.sync_api import Page, expect
 pytestmark = pytest.mark.browser
 
 NEW = "/settings/email/new/"
+SCREENSHOT = "/tmp/settings-email-graph.png"
 
 
 def test_choosing_graph_shows_its_fields_and_hides_the_server_ones(admin_page: Page) -> None:
@@ -52,6 +53,7 @@ def test_choosing_graph_shows_its_fields_and_hides_the_server_ones(admin_page: P
     for hidden in ("smtp_host", "smtp_port", "smtp_encryption", "smtp_username", "smtp_password"):
         expect(page.locator(f"#field-{hidden}")).to_be_hidden()
     expect(page.locator("#field-email_address")).to_be_visible()
+    page.screenshot(path=SCREENSHOT, full_page=True)
 
     # Sending only through Graph: the app's fields stay, the incoming ones go.
     page.get_by_role("checkbox", name="Incoming Emails", exact=True).uncheck()
