@@ -151,25 +151,26 @@ def test_throttling_with_retry_after_is_waited_out_and_the_email_goes(graph, gra
     assert len([s for s in graph.sent if s[0] == integration.email_address]) == 1
 
 
-def test_a_mailbox_that_stays_throttled_leaves_the_email_for_a_later_drain(
+def test_a_mailbox_that_stays_throttled_leaves_the_emails_for_a_later_drain(
     graph, graph_desk, settings
 ) -> None:
     settings.GRAPH_THROTTLE_MAX_WAIT_SECONDS = 1
     integration = graph_desk()
-    queued = a_row(integration)
+    queued = [a_row(integration, to=f"user{n}@customer.test") for n in range(3)]
     graph.throttle(5, status=503, retry_after=2)
 
     report = send_due()
 
-    row = row_of(queued)
-    assert (report.sent, report.retrying) == (0, 1)
-    assert row.state == State.PENDING and row.attempts == 1
-    assert row.next_attempt_at is not None
-    assert "keeps throttling" in row.last_error and "503" in row.last_error
+    assert (report.sent, report.retrying) == (0, 3)
+    for row in map(row_of, queued):
+        assert row.state == State.PENDING and row.attempts == 1
+        assert row.next_attempt_at is not None
+        assert "keeps throttling" in row.last_error and "503" in row.last_error
     graph.stop_throttling()
-    make_due(row)
-    assert send_due().sent == 1
-    assert row_of(queued).state == State.SENT
+    for row in queued:
+        make_due(row)
+    assert send_due().sent == 3
+    assert {row_of(row).state for row in queued} == {State.SENT}
 
 
 def test_a_server_error_is_retried_with_back_off_and_sent_once(graph, graph_desk) -> None:

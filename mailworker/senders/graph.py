@@ -25,6 +25,14 @@ from mailworker.transport.graph_http import GraphClient, GraphProblem, TokenReje
 
 # Waited out within the budget. Not 504: sendMail may have gone through.
 SEND_RETRIED_STATUSES = frozenset({429, 503})
+# Refusals every email of the batch would meet: the app, its permissions, its grant.
+SESSION_KINDS = frozenset(
+    {
+        TransportErrorKind.PERMISSION,
+        TransportErrorKind.AUTHENTICATION,
+        TransportErrorKind.NEEDS_RECONNECT,
+    }
+)
 ACCEPTED = "202 Accepted by Microsoft Graph (sendMail; a copy saved to Sent Items)"
 
 
@@ -62,14 +70,19 @@ class GraphSender(Sender):
         deliveries: list[Delivery] = []
         for envelope in envelopes:
             try:
-                deliveries.append(self._send_one(self._client, envelope))
+                delivery = self._send_one(self._client, envelope)
             except TransportError as error:
                 if not deliveries:
                     raise  # nothing went out: the session failed, as SMTP's AUTH would
                 # What went out stays sent; the rest waits for an admin's fix, retried.
                 error.temporary = True
+                delivery = Delivery.failed(error)
+            deliveries.append(delivery)
+            if delivery.error is not None and delivery.error.temporary:
+                # Throttled past the budget, or Graph failing: the rest waits for a later
+                # drain rather than asking again now.
                 rest = len(envelopes) - len(deliveries)
-                return deliveries + [Delivery.failed(error)] * rest
+                return deliveries + [delivery] * rest
         return deliveries
 
     def _send_one(self, client: GraphSendClient, envelope: Envelope) -> Delivery:
@@ -85,7 +98,7 @@ class GraphSender(Sender):
                 headers={"Content-Type": "text/plain"},
             )
         except TransportError as error:
-            if error.kind in (TransportErrorKind.PERMISSION, TransportErrorKind.AUTHENTICATION):
+            if error.kind in SESSION_KINDS:
                 raise  # the whole batch would meet it: the session fails
             return Delivery.failed(error)
         return Delivery(accepted=True, response=ACCEPTED)
