@@ -131,6 +131,7 @@ class EmailIntegrationForm(forms.ModelForm):
             "incoming_encryption",
             "incoming_username",
             "incoming_folder",
+            "graph_processed_folder",
             "poll_interval_seconds",
             "use_idle",
             "use_last_record_number",

@@ -79,6 +79,7 @@ class DmarcFailurePolicy(models.TextChoices):
 
 class OutgoingProtocol(models.TextChoices):
     SMTP = "smtp", "SMTP"
+    MICROSOFT_GRAPH = "microsoft_graph", "Microsoft 365 (Graph)"
 
 
 class Encryption(models.TextChoices):
@@ -163,7 +164,13 @@ class EmailIntegration(models.Model):
     incoming_encryption = models.CharField(
         "encryption", max_length=6, choices=Encryption.choices, default=Encryption.SSL
     )
-    incoming_username = models.CharField("username", max_length=255, blank=True)
+    incoming_username = models.CharField(
+        "username",
+        max_length=255,
+        blank=True,
+        help_text="The mailbox's login, often its email address. Microsoft 365 (Graph): the "
+        "address of the mailbox to read, a user's or a shared mailbox.",
+    )
     incoming_password = EncryptedTextField("password", blank=True)
     incoming_folder = models.CharField(
         "folder",
@@ -300,10 +307,13 @@ class EmailIntegration(models.Model):
     )
     # Outgoing emails
     outgoing_protocol = models.CharField(
-        "protocol", max_length=10, choices=OutgoingProtocol.choices, default=OutgoingProtocol.SMTP
+        "protocol", max_length=20, choices=OutgoingProtocol.choices, default=OutgoingProtocol.SMTP
     )
     email_address = models.EmailField(
-        "email address", blank=True, help_text="The From address of emails sent."
+        "email address",
+        blank=True,
+        help_text="The From address of emails sent. Microsoft 365 (Graph): the mailbox that "
+        "sends (its Sent Items keep a copy), a user's or a shared mailbox the app may send as.",
     )
     smtp_host = models.CharField("SMTP host", max_length=255, blank=True)
     smtp_port = models.PositiveIntegerField(
@@ -405,6 +415,16 @@ class EmailIntegration(models.Model):
         return self.incoming_protocol == IncomingProtocol.MICROSOFT_GRAPH
 
     @property
+    def sends_with_graph(self) -> bool:
+        return self.outgoing_protocol == OutgoingProtocol.MICROSOFT_GRAPH
+
+    @property
+    def uses_graph_token(self) -> bool:
+        """Its OAuth 2.0 token is for Microsoft Graph (a token has one audience): either
+        direction uses Graph. Such a token cannot log in to IMAP, POP3 or SMTP."""
+        return self.uses_graph or (self.outgoing_enabled and self.sends_with_graph)
+
+    @property
     def mailbox_protocol(self) -> str:
         """IMAP, POP3 or Microsoft Graph: what the mail engine speaks to the mailbox."""
         if self.uses_graph:
@@ -457,6 +477,10 @@ class EmailIntegration(models.Model):
         def add(field: str, message: str, **params: object) -> None:
             errors.setdefault(field, []).append(ValidationError(message, params=params or None))
 
+        if self.outgoing_enabled and self.sends_with_graph and not self.incoming_enabled:
+            # Sending alone through Graph signs in with the Graph app: its OAuth settings and
+            # grant are those of the protocol Microsoft 365 (Graph).
+            self.incoming_protocol = IncomingProtocol.MICROSOFT_GRAPH
         if not (self.incoming_enabled or self.outgoing_enabled):
             add("incoming_enabled", "Turn on Incoming Emails, Outgoing Emails, or both.")
         if self.incoming_enabled:
@@ -532,8 +556,29 @@ class EmailIntegration(models.Model):
     def _clean_outgoing(self, add) -> None:
         if not self.email_address:
             add("email_address", "Enter the address emails are sent from.")
+        if self.sends_with_graph:
+            self._clean_graph_outgoing(add)
+        else:
+            self._clean_smtp(add)
+        try:
+            codecs.lookup(self.outgoing_charset)
+        except LookupError:
+            add(
+                "outgoing_charset",
+                "Unknown charset %(charset)s; utf-8 is the usual choice.",
+                charset=self.outgoing_charset,
+            )
+
+    def _clean_smtp(self, add) -> None:
         if not self.smtp_host.strip():
             add("smtp_host", "Enter the SMTP server's host name, e.g. smtp.example.com.")
+        elif is_microsoft_basic_auth_host(self.smtp_host) and self.uses_graph:
+            # The Graph token has Graph's audience: SMTP's XOAUTH2 would refuse it.
+            add(
+                "outgoing_protocol",
+                "Incoming Emails reads through Microsoft 365 (Graph), whose token cannot sign "
+                "in to Microsoft's SMTP: choose Microsoft 365 (Graph) here too.",
+            )
         elif (
             is_microsoft_basic_auth_host(self.smtp_host)
             and self.incoming_protocol != IncomingProtocol.MICROSOFT365
@@ -546,14 +591,25 @@ class EmailIntegration(models.Model):
             )
         if self.smtp_username and not self.smtp_password:
             add("smtp_password", "Enter the SMTP password, or clear the username.")
-        try:
-            codecs.lookup(self.outgoing_charset)
-        except LookupError:
+
+    def _clean_graph_outgoing(self, add) -> None:
+        """Sending through Graph signs in with the integration's Graph app: incoming, when on,
+        must read through Graph too (IMAP and POP3 need a token of another audience)."""
+        if self.incoming_enabled and not self.uses_graph:
             add(
-                "outgoing_charset",
-                "Unknown charset %(charset)s; utf-8 is the usual choice.",
-                charset=self.outgoing_charset,
+                "outgoing_protocol",
+                "Microsoft 365 (Graph) sends with a Microsoft Graph token, which %(protocol)s "
+                "cannot log in with: choose Microsoft 365 (Graph) for Incoming Emails too, or "
+                "SMTP here.",
+                protocol=IncomingProtocol(self.incoming_protocol).label,
             )
+            return
+        if not self.incoming_enabled:
+            if not self.oauth_tenant.strip():
+                add("oauth_tenant", "Enter the Microsoft 365 tenant (its id or domain).")
+            if not self.oauth_client_id.strip():
+                add("oauth_client_id", "Enter the client id of the app registered with Microsoft.")
+            self._clean_oauth_credentials(add)
 
     def _clean_advanced(self, errors, add) -> None:
         for field in ("ignore_senders", "whitelist_senders", "duplicate_exempt_senders"):

@@ -62,25 +62,33 @@ def send_test_email(*, integration: EmailIntegration, to: str) -> TestOutcome:
         if delivery.error is None:
             return TestOutcome(ok=False, message="The server did not accept the email.")
         return _failed(delivery.error)
-    where = f"{integration.smtp_host}:{integration.effective_smtp_port}"
     return TestOutcome(
-        ok=True, message=f"Sent to {to} through {where}. The server answered: {delivery.response}"
+        ok=True,
+        message=f"Sent to {to} through {sending_route(integration)}. The server answered: "
+        f"{delivery.response}",
     )
+
+
+def sending_route(integration: EmailIntegration) -> str:
+    """Where the integration's emails leave, in words."""
+    if integration.sends_with_graph:
+        return f"Microsoft Graph as {integration.email_address}"
+    encryption = Encryption(integration.smtp_encryption).label
+    return f"{integration.smtp_host}:{integration.effective_smtp_port} ({encryption})"
 
 
 def compose_test_email(*, integration: EmailIntegration, to: str) -> ComposedEmail:
     """Composed as the outbox composes every email (the integration's charset, encoding and
     content type, our Message-ID and loop header), and automatic: auto-responders must not
     answer it, and the desk must not record it if it comes back through its own mailboxes."""
-    encryption = Encryption(integration.smtp_encryption).label
     return compose(
         integration=integration,
         to=[to],
         subject=f"Test email from servicedesk (integration {integration.name})",
         text=(
             f"This is a test email from servicedesk, sent through the integration "
-            f"“{integration.name}” by {integration.smtp_host}:{integration.effective_smtp_port} "
-            f"({encryption}).\n\nIt arrived, so outgoing email works. No need to answer.\n"
+            f"“{integration.name}” by {sending_route(integration)}.\n\nIt arrived, so "
+            "outgoing email works. No need to answer.\n"
         ),
         automatic=True,
     )

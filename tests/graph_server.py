@@ -16,7 +16,8 @@ The request and response shapes are Microsoft's (Graph v1.0):
 - `GET .../messages/{id}/$value` (the MIME bytes), `POST .../messages/{id}/move`,
   `DELETE .../messages/{id}` (to Deleted Items, as Exchange does);
 - `POST .../sendMail` with a base64 MIME body (Content-Type: text/plain): 202, and a copy in
-  Sent Items; what was sent is kept in `sent`;
+  Sent Items; what was sent is kept in `sent`; it needs Mail.Send (not Mail.ReadWrite); a
+  recipient in `unknown_recipients` answers 400 ErrorInvalidRecipients, a body over 4 MB 413;
 - `POST /v1.0/subscriptions` (the validation handshake with the notification URL), `PATCH`
   to renew, `DELETE`; change notifications for new messages, and lifecycle notifications
   the test sends with `lifecycle(...)`;
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email
 import itertools
 import json
 import secrets
@@ -44,6 +46,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import getaddresses
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlparse
@@ -58,6 +61,7 @@ MAX_CONCURRENT_PER_MAILBOX = 4
 DEFAULT_PAGE_SIZE = 10  # Graph's default for message delta when no maxpagesize is asked
 MAX_PAGE_SIZE = 1000
 MAX_SUBSCRIPTION_MINUTES = 4230
+SENDMAIL_MAX_BYTES = 4 * 1024 * 1024  # Graph's limit on a request's size
 VALIDATION_TIMEOUT_SECONDS = 10
 WELL_KNOWN = {
     "inbox": "Inbox",
@@ -148,6 +152,7 @@ class GraphServer:
         self.full_access: dict[str, set[str]] = {}
         self.subscriptions: dict[str, Subscription] = {}
         self.sent: list[tuple[str, bytes]] = []  # (mailbox, MIME) of every sendMail
+        self.unknown_recipients: set[str] = set()  # sendMail refuses these (lowercase)
         self.requests: Counter[str] = Counter()  # "GET delta", "DELETE message", ...
         # Each delta request: "start" (no token), "delta" (a deltaLink), "next" (a nextLink).
         self.delta_requests: list[str] = []
@@ -491,7 +496,9 @@ def _handler_for(server: GraphServer) -> type[BaseHTTPRequestHandler]:
                     return self._subscriptions(method, parts[1:], body, token)
                 if len(parts) < 3 or parts[0] != "users":
                     raise GraphError(400, "BadRequest", f"Resource not found for {url.path}.")
-                mailbox = self._mailbox(parts[1], token)
+                # Sending needs Mail.Send only; everything else reads or changes mail.
+                role = "Mail.Send" if parts[2:] == ["sendMail"] else "Mail.ReadWrite"
+                mailbox = self._mailbox(parts[1], token, role)
                 with server._lock:
                     if mailbox.in_flight >= MAX_CONCURRENT_PER_MAILBOX:
                         mailbox = None  # not counted: refused before it started
@@ -534,7 +541,7 @@ def _handler_for(server: GraphServer) -> type[BaseHTTPRequestHandler]:
                 )
             return token
 
-        def _mailbox(self, user: str, token: Any) -> Mailbox:
+        def _mailbox(self, user: str, token: Any, role: str = "Mail.ReadWrite") -> Mailbox:
             with server._lock:
                 mailbox = server.mailboxes.get(user.lower()) or next(
                     (m for m in server.mailboxes.values() if m.id == user), None
@@ -546,13 +553,13 @@ def _handler_for(server: GraphServer) -> type[BaseHTTPRequestHandler]:
             app_only = token.scope.rstrip().endswith("/.default")
             if app_only:
                 app = server.app(token.client_id)
-                if "Mail.ReadWrite" not in app.roles:
+                if role not in app.roles:
                     raise GraphError(403, "ErrorAccessDenied", ACCESS_DENIED)
                 allowed = app.allowed_mailboxes
                 if allowed is not None and mailbox.address.lower() not in allowed:
                     raise GraphError(403, "ErrorAccessDenied", ACCESS_POLICY_DENIED)
                 return mailbox
-            if "Mail.ReadWrite" not in token.scope:
+            if role not in token.scope:
                 raise GraphError(403, "ErrorAccessDenied", ACCESS_DENIED)
             account = token.account.lower()
             if account != mailbox.address.lower() and mailbox.address.lower() not in (
@@ -876,6 +883,26 @@ def _handler_for(server: GraphServer) -> type[BaseHTTPRequestHandler]:
                 raise GraphError(
                     400, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME."
                 ) from exc
+            if len(body) > SENDMAIL_MAX_BYTES:
+                raise GraphError(
+                    413,
+                    "RequestEntityTooLarge",
+                    "The maximum request length supported is 4MB.",
+                )
+            self._maybe_fail("POST sendMail")
+            message = email.message_from_bytes(mime)
+            recipients = getaddresses(
+                [str(v) for name in ("To", "Cc", "Bcc") for v in message.get_all(name, [])]
+            )
+            for _name, address in recipients:
+                if address.lower() in server.unknown_recipients:
+                    raise GraphError(
+                        400,
+                        "ErrorInvalidRecipients",
+                        f"At least one recipient is not valid., Recipient '{address}' is not "
+                        "resolved. All recipients must be resolved before a message can be "
+                        "submitted.",
+                    )
             with server._lock:
                 server.sent.append((mailbox.address, mime))
             server.deliver(mailbox.address, mime, folder="sentitems")
@@ -1000,6 +1027,7 @@ def graph(graph_server: GraphServer, oauth_settings: OAuthServer, settings: Any)
     with graph_server._lock:
         graph_server._throttle.clear()
         graph_server._failures.clear()
+        graph_server.unknown_recipients.clear()
     graph_server.delta_requests.clear()
     graph_server.value_delay = 0.0
     graph_server.notify_new_mail = True

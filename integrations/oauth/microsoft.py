@@ -14,7 +14,7 @@ import msal.exceptions
 import requests
 from django.conf import settings
 
-from integrations.models import EmailIntegration, IncomingProtocol
+from integrations.models import EmailIntegration
 from integrations.oauth.credentials import parse_certificate_credential
 from integrations.oauth.errors import (
     ConnectRefused,
@@ -48,13 +48,14 @@ GRAPH_APP_ONLY_SCOPES = ["https://graph.microsoft.com/.default"]
 
 
 def delegated_scopes(integration: EmailIntegration) -> list[str]:
-    if integration.incoming_protocol == IncomingProtocol.MICROSOFT_GRAPH:
+    # Either direction through Graph: the model refuses Graph one way and IMAP/POP3 the other.
+    if integration.uses_graph_token:
         return GRAPH_DELEGATED_SCOPES
     return DELEGATED_SCOPES
 
 
 def app_only_scopes(integration: EmailIntegration) -> list[str]:
-    if integration.incoming_protocol == IncomingProtocol.MICROSOFT_GRAPH:
+    if integration.uses_graph_token:
         return GRAPH_APP_ONLY_SCOPES
     return APP_ONLY_SCOPES
 

@@ -207,6 +207,8 @@ def forget_tokens_of_another_app(*, integration: EmailIntegration) -> None:
             "oauth_access",
             "incoming_username",
             "email_address",
+            "outgoing_enabled",
+            "outgoing_protocol",
         )
         .first()
     )
@@ -215,6 +217,8 @@ def forget_tokens_of_another_app(*, integration: EmailIntegration) -> None:
     before = EmailIntegration(**stored)
     if (
         before.incoming_protocol != integration.incoming_protocol
+        # A token has one audience: Graph's, or Outlook's for IMAP, POP3 and SMTP.
+        or before.uses_graph_token != integration.uses_graph_token
         or before.oauth_client_id.strip() != integration.oauth_client_id.strip()
         or before.oauth_tenant.strip() != integration.oauth_tenant.strip()
         or before.oauth_access != integration.oauth_access

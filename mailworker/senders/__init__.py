@@ -7,11 +7,13 @@ from typing import Any
 
 from integrations.models import OutgoingProtocol
 from mailworker.senders.base import DEFAULT_TIMEOUT_SECONDS, Delivery, Envelope, Sender
+from mailworker.senders.graph import GraphSender
 from mailworker.senders.smtp import SmtpSender
 from mailworker.transport.errors import TransportError, TransportErrorKind
 
 SENDERS: dict[str, type[Sender]] = {
     OutgoingProtocol.SMTP: SmtpSender,
+    OutgoingProtocol.MICROSOFT_GRAPH: GraphSender,
 }
 
 __all__ = ["Delivery", "Envelope", "Sender", "sender_for"]

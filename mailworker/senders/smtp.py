@@ -122,8 +122,13 @@ class SmtpSender(Sender):
 
 def uses_xoauth2(integration: EmailIntegration) -> bool:
     """An OAuth 2.0 integration sends with its token, unless an SMTP password was entered
-    (a relay of its own)."""
-    return integration.uses_oauth and not integration.smtp_password
+    (a relay of its own). Never a Microsoft Graph token: its audience is Graph, which SMTP
+    refuses (a relay without login then gets no AUTH at all)."""
+    return (
+        integration.uses_oauth
+        and not integration.uses_graph_token
+        and not integration.smtp_password
+    )
 
 
 def _access_token(integration: EmailIntegration) -> str:
