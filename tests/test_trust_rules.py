@@ -28,7 +28,7 @@ def crafted_email(recipients: int = 160) -> bytes:
     return make_email(
         sender="Mallory <mallory@attacker.test>",
         to=to,
-        subject=CRAFTED,
+        subject=f"{CRAFTED}!",  # never matches (a|aa)+$: catastrophic, whatever the budget left
         headers={"Delivered-To": "support@desk.test"},
     )
 
