@@ -10,6 +10,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 
 from integrations.models import (
+    BulkMailPolicy,
     DmarcFailurePolicy,
     EmailIntegration,
     OAuthAccess,
@@ -143,6 +144,7 @@ class EmailIntegrationForm(forms.ModelForm):
             "duplicate_exempt_senders",
             "copy_incoming_to",
             "remove_emojis",
+            "bulk_mail_policy",
             "stranger_policy",
             "trusted_authserv_ids",
             "dmarc_failure_policy",
@@ -170,7 +172,7 @@ class EmailIntegrationForm(forms.ModelForm):
         # Only OAuth 2.0 integrations show it; others (and older clients) may leave it out.
         self.fields["oauth_access"].required = False
         # Policies with a safe default: a client that leaves them out gets the default.
-        for name in ("stranger_policy", "dmarc_failure_policy"):
+        for name in ("stranger_policy", "dmarc_failure_policy", "bulk_mail_policy"):
             self.fields[name].required = False
         if self.instance.pk:
             self.initial["unless_status_in"] = list(self.instance.unless_status_in.all())
@@ -186,6 +188,9 @@ class EmailIntegrationForm(forms.ModelForm):
 
     def clean_stranger_policy(self) -> str:
         return self.cleaned_data.get("stranger_policy") or StrangerPolicy.NEW_RECORD
+
+    def clean_bulk_mail_policy(self) -> str:
+        return self.cleaned_data.get("bulk_mail_policy") or BulkMailPolicy.RECORD
 
     def clean_dmarc_failure_policy(self) -> str:
         return self.cleaned_data.get("dmarc_failure_policy") or DmarcFailurePolicy.MARK

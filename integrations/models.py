@@ -69,6 +69,15 @@ class StrangerPolicy(models.TextChoices):
     QUARANTINE = "quarantine", "Hold it in quarantine"
 
 
+class BulkMailPolicy(models.TextChoices):
+    """What mailing-list and bulk mail (List-Id, Precedence: bulk/list) that names no record
+    does."""
+
+    RECORD = "record", "Open a record like any other email (never answered automatically)"
+    IGNORE = "ignore", "Ignore it (kept in the incoming email log)"
+    QUARANTINE = "quarantine", "Hold it in quarantine"
+
+
 class DmarcFailurePolicy(models.TextChoices):
     """What an email whose sender failed DMARC (as the trusted receiving server says) does."""
 
@@ -253,6 +262,13 @@ class EmailIntegration(models.Model):
         "send a copy of incoming emails to", blank=True, help_text="Enterprise edition."
     )
     remove_emojis = models.BooleanField("remove emojis from subject and body", default=True)
+
+    bulk_mail_policy = models.CharField(
+        "mailing-list and bulk mail that names no record",
+        max_length=20,
+        choices=BulkMailPolicy.choices,
+        default=BulkMailPolicy.RECORD,
+    )
 
     # Incoming emails: trust (who may write into a record; see README's Security model)
     stranger_policy = models.CharField(

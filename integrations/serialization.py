@@ -95,6 +95,7 @@ FIELDS: tuple[JsonField, ...] = (
     JsonField("incoming.forward_ignored_to", "forward_ignored_to", Kind.USERS),
     JsonField("incoming.copy_incoming_to", "copy_incoming_to", Kind.TEXT),
     JsonField("incoming.remove_emojis", "remove_emojis", Kind.BOOL),
+    JsonField("incoming.bulk_mail_policy", "bulk_mail_policy", Kind.TEXT),
     JsonField("incoming.stranger_policy", "stranger_policy", Kind.TEXT),
     JsonField("incoming.trusted_authserv_ids", "trusted_authserv_ids", Kind.TEXT_LIST),
     JsonField("incoming.dmarc_failure_policy", "dmarc_failure_policy", Kind.TEXT),

@@ -37,6 +37,7 @@ class OutboxEmail(models.Model):
         SENT = "sent", "Sent"
         FAILED = "failed", "Failed"
         SUPPRESSED = "suppressed", "Not sent (guard)"
+        BOUNCED = "bounced", "Bounced"
 
     kind = models.CharField(max_length=20, choices=Kind.choices)
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
@@ -90,6 +91,10 @@ class OutboxEmail(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     smtp_response = models.TextField(blank=True)
     last_error = models.TextField(blank=True)
+    # A delivery status notification (RFC 3464) naming this email came back: when, and the
+    # remote server's reason (its Diagnostic-Code, or Status and Action).
+    bounced_at = models.DateTimeField(null=True, blank=True)
+    bounce_reason = models.TextField(blank=True)
 
     class Meta:
         indexes = [

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.db.models.functions import Lower
+from django.utils import timezone
 
 from servicedesk.control_characters import refuse_control_characters
 
@@ -27,6 +28,10 @@ class User(AbstractUser):
     last_name = models.CharField(
         "last name", max_length=150, blank=True, validators=[refuse_control_characters]
     )
+    # Set when an email of the desk to this address bounced (a DSN naming it): agents see
+    # that the person may not be hearing from the desk.
+    email_bounced_at = models.DateTimeField(null=True, blank=True)
+    email_bounce_reason = models.TextField(blank=True)
 
     class Meta:
         constraints = [
@@ -190,6 +195,12 @@ class Message(models.Model):
     raw_size = models.PositiveIntegerField(default=0)
     # An internal note is seen by staff only: never emailed, never a status change.
     is_internal = models.BooleanField(default=False)
+    # Incoming: the email as it arrived (while the retention period keeps it), and what the
+    # parser noted or a limit cut ("3 attachments not shown: see the original").
+    original = models.ForeignKey(
+        "records.Original", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    defects = models.JSONField(default=list, blank=True)
     # Incoming: what the trusted receiving server said about the sender (None: nothing
     # trusted said anything; False: DMARC failed, shown as "sender not verified").
     sender_verified = models.BooleanField(null=True, blank=True)
@@ -308,6 +319,10 @@ class Quarantine(models.Model):
     # Set on emails held by the flood limit ("sender:a@b.test" or "domain:b.test"), so the
     # quarantine screen can release one flood at once.
     flood_key = models.CharField(max_length=400, blank=True)
+    # The whole email as it arrived (raw_email may then hold only what fits in the database).
+    original = models.ForeignKey(
+        "records.Original", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     received_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -322,18 +337,70 @@ class Quarantine(models.Model):
         return f"{self.subject!r} from {self.from_address}: {self.reason}"
 
 
-class ProcessedEmail(models.Model):
-    """The processed marker: this integration has already handled this email.
+def original_path(instance: Original, filename: str) -> str:
+    return f"originals/{instance.received_at:%Y/%m/%d}/{filename}"
 
-    `key` is the SHA-256 of the Message-ID, or of the raw bytes when there is none, so a
-    message fetched again after a crash between commit and ack is recognised and only acked.
+
+class Original(models.Model):
+    """An incoming email exactly as it arrived, gzip-compressed, in the storage the desk uses
+    for attachments (MEDIA_ROOT), kept for the retention period of DeskSettings."""
+
+    integration = models.ForeignKey(
+        "integrations.EmailIntegration",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    file = models.FileField(upload_to=original_path, max_length=500)
+    size = models.PositiveBigIntegerField(default=0, help_text="Bytes as the email arrived.")
+    stored_size = models.PositiveBigIntegerField(default=0, help_text="Bytes in storage.")
+    sha256 = models.CharField(max_length=64, db_index=True)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.sha256[:12]} ({self.size} bytes, {self.received_at:%Y-%m-%d})"
+
+
+class DeskSettings(models.Model):
+    """Settings of the desk as a whole that admins change in the screens (one row)."""
+
+    originals_retention_days = models.PositiveIntegerField(
+        "keep originals and the incoming email log for (days)",
+        default=90,
+        help_text="A daily task deletes older originals and incoming log entries.",
+    )
+
+    class Meta:
+        verbose_name_plural = "desk settings"
+
+    def __str__(self) -> str:
+        return "Desk settings"
+
+    @classmethod
+    def current(cls) -> DeskSettings:
+        settings, _created = cls.objects.get_or_create(pk=1)
+        return settings
+
+
+class ProcessedEmail(models.Model):
+    """One row per email an integration fetched: the processed marker and the incoming email
+    log in one (what became of the email, and why).
+
+    `key` is the SHA-256 of the raw bytes (or of the server's stable id of the message, see
+    mailworker.pipeline.process.marker_key), so a message fetched again after a crash between
+    commit and ack is recognised and only acked.
     """
 
     class Outcome(models.TextChoices):
         CREATED = "created", "Created a record"
         APPENDED = "appended", "Added to a record's message log"
+        NOTE = "note", "Added to a record as an internal note"
         IGNORED = "ignored", "Ignored"
         DUPLICATE = "duplicate", "Duplicate"
+        LOOP = "loop", "Loop guard"
+        BOUNCE = "bounce", "Bounce of an email of the desk"
+        FLOOD = "flood", "Held by the flood limit"
         QUARANTINED = "quarantined", "Quarantined"
 
     integration = models.ForeignKey(
@@ -348,15 +415,35 @@ class ProcessedEmail(models.Model):
     record = models.ForeignKey(
         ServiceRecord, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The incoming email log: who sent what, how large, why it ended as it did, and where to
+    # look (the record above, the quarantine entry, the original, the email it duplicates).
+    from_address = models.CharField(max_length=998, blank=True)
+    subject = models.CharField(max_length=998, blank=True)
+    size = models.PositiveBigIntegerField(default=0)
+    reason = models.TextField(blank=True)
+    quarantine = models.ForeignKey(
+        Quarantine, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    original = models.ForeignKey(
+        Original, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    duplicate_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     processed_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        verbose_name = "incoming email"
+        verbose_name_plural = "incoming email log"
         constraints = [
             models.UniqueConstraint(fields=["integration", "key"], name="processed_email_unique")
         ]
         indexes = [
             models.Index(fields=["fingerprint", "-processed_at"], name="processed_fingerprint"),
             models.Index(fields=["-processed_at"], name="processed_at"),
+            # The incoming email log's filters, newest first.
+            models.Index(fields=["integration", "-processed_at"], name="processed_integration"),
+            models.Index(fields=["outcome", "-processed_at"], name="processed_outcome"),
         ]
 
     def __str__(self) -> str:
