@@ -162,12 +162,16 @@ def on_record_created(
     acknowledge=True,
     **kwargs,
 ):
-    if automatic:
-        return  # no automatic email answers an auto-reply or a bounce
+    # A record opened by automatic mail (a monitoring alert, a printer, bulk mail): no
+    # automatic email answers it, so its sender is not acknowledged; admins still hear of it.
     choices = current_settings()
     context = {"message": message}
     thread = _Thread.of_new_record(record, message)
-    if choices.end_user_on_created and may_acknowledge(message, acknowledge=acknowledge):
+    if (
+        choices.end_user_on_created
+        and not automatic
+        and may_acknowledge(message, acknowledge=acknowledge)
+    ):
         notify(
             record=record,
             to=requester_address(record),

@@ -29,6 +29,17 @@ def find_user_by_email(*, email: str) -> User | None:
     return find_users_by_email(emails=[email]).get(email.strip().lower())
 
 
+def flag_email_bounced(*, email: str, reason: str, at: datetime) -> int:
+    """An email of the desk to this address bounced: the users with it are flagged (agents
+    see it on their records' pages), with the remote server's reason. Returns how many."""
+    address = email.strip()
+    if not address:
+        return 0
+    return User.objects.filter(email__iexact=address).update(
+        email_bounced_at=at, email_bounce_reason=reason[:2000]
+    )
+
+
 def _free_username(email: str) -> str:
     """The address itself when free (it is what end users know), else with a suffix."""
     base = email.strip().lower()[:USERNAME_MAX_LENGTH]

@@ -243,28 +243,35 @@ def test_an_auto_reply_to_a_record_is_logged_without_status_change(desk) -> None
     "headers",
     [
         {"Auto-Submitted": "auto-replied"},
-        {"Precedence": "bulk"},
         {"X-Autoreply": "yes"},
         {"X-Auto-Response-Suppress": "All"},
         {"Return-Path": "<>"},
     ],
 )
-def test_an_auto_reply_matching_no_record_is_quarantined(desk, headers) -> None:
+def test_an_auto_reply_matching_no_record_is_ignored(desk, headers) -> None:
+    """Out-of-office replies and null-sender mail: logged, never a record (see
+    test_automatic_mail.py for every kind)."""
     away = make_email(subject="I am away", headers=headers)
     report = desk.receive(away)
-    assert report.counts["quarantined"] == 1
+    assert report.counts["ignored"] == 1
     assert not ServiceRecord.objects.exists()
-    entry = Quarantine.objects.get()
-    assert "matches no record" in entry.reason
-    assert bytes(entry.raw_email) == away  # kept whole, byte for byte
+    assert not Quarantine.objects.exists()
+    assert ProcessedEmail.objects.get().outcome == ProcessedEmail.Outcome.IGNORED
 
 
-def test_a_bounce_from_mailer_daemon_is_quarantined(desk) -> None:
+def test_bulk_mail_matching_no_record_opens_one_by_default(desk) -> None:
+    report = desk.receive(make_email(subject="Toner low", headers={"Precedence": "bulk"}))
+    assert report.counts["created"] == 1
+    assert not OutboxEmail.objects.filter(recipient="jane@customer.test").exists()
+
+
+def test_a_bounce_from_mailer_daemon_of_no_email_of_ours_is_ignored(desk) -> None:
     report = desk.receive(
         make_email(sender="MAILER-DAEMON@mx.customer.test", subject="Undelivered Mail")
     )
-    assert report.counts["quarantined"] == 1
-    assert "bounce" in Quarantine.objects.get().reason
+    assert report.counts["ignored"] == 1
+    assert not Quarantine.objects.exists()
+    assert not ServiceRecord.objects.exists()
 
 
 def test_emojis_are_removed_when_the_integration_says_so(desk) -> None:

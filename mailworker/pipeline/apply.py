@@ -195,8 +195,10 @@ def queue_copy_of_incoming(ctx: EmailContext) -> None:
 def may_acknowledge_sender(ctx: EmailContext) -> bool:
     """No acknowledgement to a sender who may not be who the email says (DMARC failed at a
     server the integration trusts) or to a flood released by an admin: the address may be
-    forged, and the desk would mail an innocent (backscatter)."""
-    return not ctx.flood_released and ctx.sender_verified is not False
+    forged, and the desk would mail an innocent (backscatter). Nor to automatic mail (a
+    monitoring alert, a printer, bulk mail that opens a record): nobody reads it, and an
+    auto-responder would answer back."""
+    return not ctx.flood_released and ctx.sender_verified is not False and not ctx.is_automatic
 
 
 def apply_email(ctx: EmailContext) -> str:

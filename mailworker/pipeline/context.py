@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
 class Classification(StrEnum):
     PERSON = "person"
-    AUTO_REPLY = "auto-reply"
+    AUTO_REPLY = "auto-reply"  # out-of-office, vacation: ignored without a record
+    AUTO_GENERATED = "auto-generated"  # monitoring, printers: opens a record, never answered
+    BULK = "bulk"  # mailing lists, bulk: the integration's bulk_mail_policy
     BOUNCE = "bounce"
 
 
@@ -25,7 +27,7 @@ class Classification(StrEnum):
 class Verdict:
     """A filter's answer: go on, ignore the email, or quarantine it, with the reason."""
 
-    action: str  # "continue" | "ignore" | "duplicate" | "quarantine"
+    action: str  # "continue" | "ignore" | "duplicate" | "quarantine" | "bounce"
     reason: str = ""
 
     @property
@@ -46,6 +48,11 @@ def duplicate(reason: str) -> Verdict:
 
 def quarantine(reason: str) -> Verdict:
     return Verdict("quarantine", reason)
+
+
+def bounce(reason: str) -> Verdict:
+    """A bounce of one of the desk's own emails, recorded on that outbox email."""
+    return Verdict("bounce", reason)
 
 
 @dataclass

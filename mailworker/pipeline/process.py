@@ -148,11 +148,15 @@ def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str) -> ProcessR
         return _quarantine(
             integration=integration, raw=ctx.raw, reason=verdict.reason, email=ctx.email, key=key
         )
-    outcome = Outcome.DUPLICATE if verdict.action == "duplicate" else Outcome.IGNORED
+    outcome = {"duplicate": Outcome.DUPLICATE, "bounce": Outcome.BOUNCE}.get(
+        verdict.action, Outcome.IGNORED
+    )
     if outcome == Outcome.IGNORED:
         queue_forward_of_ignored(ctx, reason=verdict.reason)
-    _mark(ctx, integration=integration, key=key, outcome=outcome)
-    return ProcessResult(outcome, reason=verdict.reason)
+    # A bounce links to the record of the email that bounced.
+    record_id = ctx.record.pk if outcome == Outcome.BOUNCE and ctx.record is not None else None
+    _mark(ctx, integration=integration, key=key, outcome=outcome, record_id=record_id)
+    return ProcessResult(outcome, record_id=record_id, reason=verdict.reason)
 
 
 def _hold_flood(ctx: EmailContext, *, reason: str, key: str) -> ProcessResult:

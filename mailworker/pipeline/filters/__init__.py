@@ -9,6 +9,7 @@ from mailworker.pipeline.context import EmailContext, Verdict
 from mailworker.pipeline.filters import (
     authentication,
     automatic_mail,
+    bounces,
     duplicate_guard,
     flood,
     ignore_senders,
@@ -30,7 +31,8 @@ FILTERS: tuple[tuple[str, Filter], ...] = (
     ("whitelist", whitelist.check),
     ("ignore list", ignore_senders.check),
     ("ignore subject", ignore_subject.check),
-    ("auto-reply and bounce", automatic_mail.classify),
+    ("automatic mail by kind", automatic_mail.classify),
+    ("bounce of the desk's email", bounces.check),
     ("match record", match_record.check),
     ("who may write", participants.check),
     ("automatic mail without record", automatic_mail.without_record),
