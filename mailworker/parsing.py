@@ -221,7 +221,7 @@ def _leading_junk(lines: list[bytes]) -> int:
             following = lines[index : index + 50]
             block = following[: next((i for i, x in enumerate(following) if _is_blank(x)), 50)]
             known = sum(1 for each in block if _KNOWN_HEADER.match(each))
-            return index if known >= 2 or (known and len(block) == 1) else 0
+            return index if known >= 2 else 0
     return 0
 
 
