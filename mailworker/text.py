@@ -401,11 +401,17 @@ def remove_emojis(text: str) -> str:
     text = text.replace(_EMOJI_MARK, "")
     if text.isascii():
         return text  # every emoji has a code point above U+007F (keycaps end in U+20E3)
-    marked = emoji.replace_emoji(
-        text, replace=lambda found, _data: _EMOJI_MARK if is_emoji_presentation(found) else found
-    )
-    if marked == text:
+    # Rebuilt from the matches' positions: replace_emoji also drops a VS15 (U+FE0E) that
+    # follows a text symbol it keeps.
+    pieces, position = [], 0
+    for found in emoji.emoji_list(text):
+        start, end = found["match_start"], found["match_end"]
+        if is_emoji_presentation(text[start:end]):
+            pieces += [text[position:start], _EMOJI_MARK]
+            position = end
+    if not position:
         return text
+    marked = "".join(pieces) + text[position:]
     return re.sub(r"[ \t]*\x00(?:[ \t]*\x00)*[ \t]*", _close_gap, marked)
 
 
