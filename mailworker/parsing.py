@@ -60,7 +60,7 @@ MAX_MESSAGE_ID_CHARS = 998
 MAX_REFERENCES = 500
 MAX_DEFECTS = 100
 # Raw 8-bit header bytes given to charset detection at most.
-MAX_DETECTION_BYTES = 16_000
+MAX_HEADER_DETECTION_BYTES = 16_000
 # The stdlib's address parser is exact but slow on huge values; beyond this, read leniently.
 MAX_STRICT_ADDRESS_CHARS = 20_000
 MAX_FILENAME_CHARS = 255
@@ -190,6 +190,12 @@ def _repaired_header_block(raw: bytes, defects: _Defects) -> bytes:
     if head.startswith(_BOM):
         start = len(_BOM)
         defects.add("header repair: byte order mark before the headers skipped")
+    if _PLAUSIBLE_HEADER.match(head, start):
+        # No junk: only the header block matters (not the megabytes of a body after it).
+        blank = _BLANK_LINE.search(head, start)
+        if blank is None:
+            return raw[start:] if start else raw
+        head = head[: blank.end()]
     lines = head[start:].splitlines(keepends=True)
     skipped = _leading_junk(lines)
     if skipped:
@@ -225,6 +231,15 @@ def _leading_junk(lines: list[bytes]) -> int:
     return 0
 
 
+def _header_or_fold(line: bytes) -> bool:
+    """A header line, a proper fold, or an envelope "From " line (which the stdlib knows)."""
+    return (
+        bool(_PLAUSIBLE_HEADER.match(line))
+        or line[:1] in (b" ", b"\t")
+        or (line.startswith(b"From "))
+    )
+
+
 def _joined_broken_folds(lines: list[bytes], defects: _Defects) -> tuple[list[bytes] | None, int]:
     """The header block with lines that are no header (a fold without its leading white
     space) joined to the header before them: a run of them counts as a fold when a header
@@ -243,16 +258,14 @@ def _joined_broken_folds(lines: list[bytes], defects: _Defects) -> tuple[list[by
     index = 0
     while index < len(block):
         line = block[index]
-        if _PLAUSIBLE_HEADER.match(line) or line[:1] in (b" ", b"\t"):
+        if _header_or_fold(line):
             unspaced = _SPACE_BEFORE_COLON.sub(rb"\1:", line, count=1)
             spaced += unspaced != line
             repaired.append(unspaced)
             index += 1
             continue
         run_end = index
-        while run_end < len(block) and not (
-            _PLAUSIBLE_HEADER.match(block[run_end]) or block[run_end][:1] in (b" ", b"\t")
-        ):
+        while run_end < len(block) and not _header_or_fold(block[run_end]):
             run_end += 1
         run = block[index:run_end]
         is_fold = run_end < len(block) or all(len(each.split()) <= 1 for each in run)
@@ -332,7 +345,7 @@ def _charset_hint(message: Message) -> str:
             value.encode("utf-8", "surrogateescape")
             for _, value in itertools.islice(message.raw_items(), MAX_HEADER_VALUES)
             if not value.isascii()
-        )[:MAX_DETECTION_BYTES]
+        )[:MAX_HEADER_DETECTION_BYTES]
     except Exception:  # only a hint
         return declared
     if not data:

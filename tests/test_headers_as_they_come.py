@@ -284,3 +284,45 @@ def test_utf7_encoded_words_are_decoded(desk) -> None:
     assert record.requester.email == "andre@customer.test"
     assert record.requester.get_full_name() == "André Pirard"
     assert not any("unknown charset" in note for note in defects)
+
+
+# The repair's edges (parse_email alone) ----------------------------------------------------------
+
+
+def test_a_fold_that_starts_with_a_url_is_still_a_fold() -> None:
+    email = parse_email(
+        raw(
+            "From: ann@customer.test",
+            "List-Unsubscribe: <https://lists.example.test/unsubscribe?id=",
+            "https://lists.example.test/x>",
+            "Subject: Printer",
+        )
+    )
+
+    assert email.subject == "Printer"
+    assert "https://lists.example.test/x>" in email.header("list-unsubscribe")
+
+
+def test_white_space_before_the_colon_is_the_obsolete_syntax_not_body() -> None:
+    email = parse_email(raw("From  : Ann <ann@customer.test>", "Subject     : Saying Hello"))
+
+    assert (email.from_address, email.subject) == ("ann@customer.test", "Saying Hello")
+    assert any("white space before the colon" in note for note in email.defects)
+
+
+def test_an_envelope_from_line_inside_the_headers_is_not_joined_to_a_header() -> None:
+    email = parse_email(
+        raw(
+            "Subject: Printer",
+            "From ann@customer.test Mon Mar  2 10:00:00 2026",
+            "From: ann@customer.test",
+        )
+    )
+
+    assert (email.subject, email.from_address) == ("Printer", "ann@customer.test")
+
+
+def test_a_well_formed_email_is_not_repaired() -> None:
+    email = parse_email(raw(*standard()))
+
+    assert not any("header repair" in note for note in email.defects)
