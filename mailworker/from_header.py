@@ -6,7 +6,12 @@ the value is read by its structure instead: the address inside the angle bracket
 sender, and a display name never supplies one, encoded or not. Whatever still leaves more
 than one candidate, or a malformed one, is not guessed at: it is returned as a problem, and
 the sender identity filter quarantines the email with it. A From with no address at all is
-not a problem here: the requester filter decides what an email without a sender may do.
+not a problem here: Reply-To, then Sender, then Return-Path stand in for it when one of them
+names exactly one address (noted, and which one is kept in `fallback`); without any, the
+requester filter decides what an email without a sender may do. A From that only names a
+local part (`MAILER-DAEMON (Mail Delivery System)`) gives no address, but its local part is
+kept apart (`local_part`) for the filters that recognise bounces: it never opens a record nor
+names a user, since nobody can be answered at it.
 
 Works on header values already decoded to text and unfolded (see parsing.py).
 """
@@ -35,6 +40,8 @@ class Sender:
     address: str = ""  # lowercased addr-spec; "" when there is none or it is ambiguous
     problem: str = ""  # why the sender is ambiguous, for the quarantine; "" when it is not
     notes: tuple[str, ...] = ()  # what was odd, for the email's defects
+    fallback: str = ""  # the header that stood in for a From without address: "Reply-To"...
+    local_part: str = ""  # lowercased, when From names a local part without a domain only
 
 
 @dataclass(frozen=True)
@@ -49,10 +56,33 @@ class _Reading:
 _ADDRESS_IN_NAME = re.compile(r"[^\s<>()\"',;:]+@[^\s<>()\"',;:]+")
 
 
-def read_sender(from_values: list[str], sender_values: list[str]) -> Sender:
-    """The sender from every From header's value (and the Sender header's, which stands in
-    for a missing From and names the sender among several authors)."""
-    sender = _read_sender(from_values, sender_values)
+# Who stands in for a From without an address, in this order (issue 13).
+FALLBACK_ORDER = ("Reply-To", "Sender", "Return-Path")
+_LOCAL_PART_ONLY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,63}")
+
+
+def read_sender(
+    from_values: list[str],
+    sender_values: list[str],
+    reply_to_values: list[str] | None = None,
+    return_path_values: list[str] | None = None,
+) -> Sender:
+    """The sender from every From header's value (and the Sender header's, which names the
+    sender among several authors). When From names no address at all (missing, empty, a
+    group without members, a local part only), the single address of Reply-To, else Sender,
+    else the first Return-Path (the one the final delivery wrote) stands in. Never when From
+    is ambiguous: that stays a problem."""
+    sender = _read_sender(
+        from_values,
+        sender_values,
+        {
+            "Reply-To": reply_to_values or [],
+            "Sender": sender_values,
+            "Return-Path": (return_path_values or [])[:1],
+        },
+    )
+    if not sender.problem and (not sender.address or sender.fallback):
+        sender = replace(sender, local_part=_local_part_only(from_values))
     if sender.name and _names_another_address(sender.name, sender.address):
         # "alice@victim.test <mallory@attacker.test>": shown as the requester's name, the
         # display name would still tell an agent it is Alice. The address is who it is.
@@ -66,7 +96,24 @@ def _names_another_address(name: str, address: str) -> bool:
     return any(found.lower() != address for found in _ADDRESS_IN_NAME.findall(name))
 
 
-def _read_sender(from_values: list[str], sender_values: list[str]) -> Sender:
+def _local_part_only(from_values: list[str]) -> str:
+    """ "mailer-daemon" for `MAILER-DAEMON (Mail Delivery System)`: the one address of a From
+    that has no domain, when it is a plain word."""
+    if len(from_values) != 1 or len(from_values[0]) > MAX_FROM_CHARS:
+        return ""
+    try:
+        addresses = policy.default.header_factory("from", from_values[0]).addresses
+    except Exception:  # unreadable: no local part either
+        return ""
+    if len(addresses) != 1 or "@" in addresses[0].addr_spec:
+        return ""
+    local = addresses[0].addr_spec.strip()
+    return local.lower() if _LOCAL_PART_ONLY.fullmatch(local) else ""
+
+
+def _read_sender(
+    from_values: list[str], sender_values: list[str], fallbacks: dict[str, list[str]]
+) -> Sender:
     readings = [read_mailboxes(value) for value in from_values]
     notes = tuple(f"From: {reading.note}" for reading in readings if reading.note)
     for reading in readings:
@@ -79,13 +126,18 @@ def _read_sender(from_values: list[str], sender_values: list[str]) -> Sender:
     if len(mailboxes) == 1:
         name, address = mailboxes[0]
         return Sender(name=name, address=address, notes=notes)
-    single = _single_mailbox(sender_values)
     if not mailboxes:
-        if single is None:
-            return Sender(notes=(*notes, "no usable From address"))
-        return Sender(
-            name=single[0], address=single[1], notes=(*notes, "no usable From; used Sender")
-        )
+        for header in FALLBACK_ORDER:
+            found = _single_mailbox(fallbacks[header])
+            if found is not None:
+                return Sender(
+                    name=found[0],
+                    address=found[1],
+                    notes=(*notes, f"no usable From; used {header}"),
+                    fallback=header,
+                )
+        return Sender(notes=(*notes, "no usable From address"))
+    single = _single_mailbox(sender_values)
     # Several authors: RFC 5322 says the Sender header then names who sent it.
     if single is None:
         listed = ", ".join(address for _, address in mailboxes)

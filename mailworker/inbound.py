@@ -26,6 +26,13 @@ class InboundEmail:
     references: list[str] = field(default_factory=list)
     from_address: str = ""  # lowercased addr-spec, "" when missing or unreadable
     from_name: str = ""
+    # The header that stood in for a From without an address ("Reply-To", "Sender" or
+    # "Return-Path"); "" when From named the sender. Noted in `defects` too.
+    sender_fallback: str = ""
+    # The local part of a From without a domain, lowercased ("mailer-daemon" for `From:
+    # MAILER-DAEMON (Mail Delivery System)`), for recognising bounces. Never an identity:
+    # from_address stays "" (it opens records and names users, so it is a real address).
+    from_local_part: str = ""
     # Why the sender is ambiguous (two From addresses, an unreadable From...): the sender
     # identity filter quarantines the email with it. "" when From names one sender or none.
     sender_problem: str = ""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
+import itertools
 import mimetypes
 import re
 import time
@@ -30,11 +31,14 @@ from mailworker.html import sanitise_html
 from mailworker.inbound import InboundEmail, ParsedAttachment
 from mailworker.text import (
     clean_text,
+    codec_for,
     collapse_whitespace,
     decode_base64,
     decode_encoded_words,
     decode_text,
+    detect_charset,
     html_to_text,
+    normalise_charset,
     remove_emojis,
     undo_surrogateescape,
 )
@@ -55,6 +59,8 @@ MAX_SUBJECT_CHARS = 998  # RFC 5322's line limit, and the message log's column
 MAX_MESSAGE_ID_CHARS = 998
 MAX_REFERENCES = 500
 MAX_DEFECTS = 100
+# Raw 8-bit header bytes given to charset detection at most.
+MAX_HEADER_DETECTION_BYTES = 16_000
 # The stdlib's address parser is exact but slow on huge values; beyond this, read leniently.
 MAX_STRICT_ADDRESS_CHARS = 20_000
 MAX_FILENAME_CHARS = 255
@@ -129,6 +135,7 @@ def parse_email(raw: bytes, *, time_limit: float = TIME_LIMIT_SECONDS) -> Inboun
 
 
 def _parse_into(email: InboundEmail, raw: bytes, deadline: _Deadline, defects: _Defects) -> None:
+    raw = _repaired_header_block(raw, defects)
     message, structure_ok = _parse_mime(raw, deadline, defects)
     hint = _charset_hint(message)
     # Each step reads on its own: one that fails costs its own fields, not the others'.
@@ -146,6 +153,140 @@ def _parse_into(email: InboundEmail, raw: bytes, deadline: _Deadline, defects: _
             step()
         except Exception as error:  # see parse_email
             defects.add(f"{name} unreadable: {type(error).__name__}: {error}")
+
+
+# Header repair -------------------------------------------------------------------------------
+
+# A header line as the stdlib's feed parser sees one (email.feedparser.headerRE).
+_STDLIB_HEADER_LINE = re.compile(rb"^(From |[\041-\071\073-\176]*:|[\t ])")
+# A header line as real headers look: a name of letters, digits and - _ . and a colon (not a
+# URL's "https://", which a broken fold of a long header often starts with).
+_PLAUSIBLE_HEADER = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}[ \t]*:(?!//)")
+_KNOWN_HEADER = re.compile(
+    rb"^(from|to|cc|subject|date|message-id|received|return-path|mime-version|"
+    rb"delivered-to|reply-to|sender|content-type|x-[a-z0-9-]+)[ \t]*:",
+    re.IGNORECASE,
+)
+# The obsolete syntax's white space before the colon ("Subject  : Hello", RFC 5322 4.5),
+# which the stdlib does not take for a header.
+_SPACE_BEFORE_COLON = re.compile(rb"^([A-Za-z0-9][A-Za-z0-9_.-]{0,99})[ \t]+:")
+_BOM = b"\xef\xbb\xbf"
+# How far the repair looks: leading junk is a line or two, and a header block this long is
+# already cut by MAX_HEADERS_CHARS.
+MAX_JUNK_LINES = 10
+MAX_REPAIR_BYTES = 512 * 1024
+
+
+def _repaired_header_block(raw: bytes, defects: _Defects) -> bytes:
+    """The email as the stdlib should see it: real mail has junk before its headers (an mbox
+    "From " or ">From" line, a blank or garbage line, a BOM) and long headers folded without
+    the leading white space, and the stdlib then takes every header for body (no From, no
+    Subject). Repairs only what is parsed: the original bytes are kept as they came
+    elsewhere; what was repaired is noted in the defects."""
+    head = raw[:MAX_REPAIR_BYTES]
+    if not head or head[:1] in (b" ", b"\t"):
+        return raw
+    start = 0
+    if head.startswith(_BOM):
+        start = len(_BOM)
+        defects.add("header repair: byte order mark before the headers skipped")
+    if _PLAUSIBLE_HEADER.match(head, start):
+        # No junk: only the header block matters (not the megabytes of a body after it).
+        blank = _BLANK_LINE.search(head, start)
+        if blank is None:
+            return raw[start:] if start else raw
+        head = head[: blank.end()]
+    lines = head[start:].splitlines(keepends=True)
+    skipped = _leading_junk(lines)
+    if skipped:
+        shown = ", ".join(repr(_shown_line(line)) for line in lines[:skipped])
+        defects.add(f"header repair: {skipped} line(s) before the headers skipped: {shown}")
+        start += sum(len(line) for line in lines[:skipped])
+        lines = lines[skipped:]
+    joined, block_end = _joined_broken_folds(lines, defects)
+    if joined is None:
+        return raw[start:] if start else raw
+    return b"".join(joined) + raw[start + block_end :]
+
+
+def _shown_line(line: bytes) -> str:
+    return line.rstrip(b"\r\n")[:80].decode("utf-8", "replace")
+
+
+def _is_blank(line: bytes) -> bool:
+    return line in (b"\r\n", b"\n", b"\r")
+
+
+def _leading_junk(lines: list[bytes]) -> int:
+    """How many lines before the first header line are junk: only when a header block with a
+    header every email has follows (else the email may have no headers at all)."""
+    if not lines or _PLAUSIBLE_HEADER.match(lines[0]):
+        return 0
+    for index, line in enumerate(lines[: MAX_JUNK_LINES + 1]):
+        if _PLAUSIBLE_HEADER.match(line):
+            following = lines[index : index + 50]
+            block = following[: next((i for i, x in enumerate(following) if _is_blank(x)), 50)]
+            known = sum(1 for each in block if _KNOWN_HEADER.match(each))
+            return index if known >= 2 else 0
+    return 0
+
+
+def _header_or_fold(line: bytes) -> bool:
+    """A header line, a proper fold, or an envelope "From " line (which the stdlib knows)."""
+    return (
+        bool(_PLAUSIBLE_HEADER.match(line))
+        or line[:1] in (b" ", b"\t")
+        or (line.startswith(b"From "))
+    )
+
+
+def _joined_broken_folds(lines: list[bytes], defects: _Defects) -> tuple[list[bytes] | None, int]:
+    """The header block with lines that are no header (a fold without its leading white
+    space) joined to the header before them: a run of them counts as a fold when a header
+    line follows it, or when it runs up to the blank line and reads as one long token (the
+    tail of a long X- header; prose there is a body that came without its blank line).
+    Returns the repaired lines and the length of the header block they replace, or None
+    when there is nothing to repair."""
+    if not lines or not _PLAUSIBLE_HEADER.match(lines[0]):
+        return None, 0
+    end = next((i for i, line in enumerate(lines) if _is_blank(line)), len(lines))
+    if end == len(lines):
+        return None, 0  # no blank line: where the headers end is anyone's guess
+    block = lines[:end]
+    repaired: list[bytes] = []
+    changed = spaced = 0
+    index = 0
+    while index < len(block):
+        line = block[index]
+        if _header_or_fold(line):
+            unspaced = _SPACE_BEFORE_COLON.sub(rb"\1:", line, count=1)
+            spaced += unspaced != line
+            repaired.append(unspaced)
+            index += 1
+            continue
+        run_end = index
+        while run_end < len(block) and not _header_or_fold(block[run_end]):
+            run_end += 1
+        run = block[index:run_end]
+        is_fold = run_end < len(block) or all(len(each.split()) <= 1 for each in run)
+        if not is_fold:
+            if any(not _STDLIB_HEADER_LINE.match(each) for each in run):
+                return None, 0  # a body without its blank line: the stdlib reads it so
+            repaired.extend(run)
+        else:
+            repaired.extend(b" " + each for each in run)
+            changed += len(run)
+        index = run_end
+    if not changed and not spaced:
+        return None, 0
+    if changed:
+        defects.add(
+            f"header repair: {changed} line(s) without a header name joined to the header "
+            "before them (folded without white space)"
+        )
+    if spaced:
+        defects.add(f"header repair: white space before the colon removed in {spaced} header(s)")
+    return repaired, sum(len(line) for line in block)
 
 
 def _parse_mime(raw: bytes, deadline: _Deadline, defects: _Defects) -> tuple[Message, bool]:
@@ -191,7 +332,34 @@ def _decode_header(raw: str, defects: _Defects | None = None, hint: str = "") ->
 
 
 def _charset_hint(message: Message) -> str:
-    """The charset of the first text part: what raw 8-bit headers are most likely in."""
+    """What raw 8-bit headers (Subject and From in GB2312 or Shift_JIS without encoded words)
+    are most likely in: the charset the first text part declares, when it names a specific
+    one; else, when no 8-bit header is UTF-8, the charset charset-normalizer detects in all
+    of them together (one subject alone is too short to tell). guess_decode tries it first,
+    then UTF-8, then its own detection, then windows-1252."""
+    declared = _declared_charset(message)
+    if codec_for(normalise_charset(declared)) not in (None, "utf-8", "cp1252", "ascii"):
+        return declared
+    try:
+        data = b"\n".join(
+            value.encode("utf-8", "surrogateescape")
+            for _, value in itertools.islice(message.raw_items(), MAX_HEADER_VALUES)
+            if not value.isascii()
+        )[:MAX_HEADER_DETECTION_BYTES]
+    except Exception:  # only a hint
+        return declared
+    if not data:
+        return declared
+    try:
+        data.decode("utf-8")
+        return declared  # UTF-8 headers (RFC 6532): no guessing needed
+    except UnicodeDecodeError:
+        pass
+    return detect_charset(data) or declared
+
+
+def _declared_charset(message: Message) -> str:
+    """The charset of the first text part."""
     try:
         for number, part in enumerate(message.walk()):
             if number > 20:
@@ -236,9 +404,13 @@ def _first_header(part: Message, name: str) -> str:
 
 def _read_addresses(email: InboundEmail, message: Message, defects: _Defects, hint: str) -> None:
     sender = read_sender(
-        _header_texts(message, "from", hint), _header_texts(message, "sender", hint)
+        _header_texts(message, "from", hint),
+        _header_texts(message, "sender", hint),
+        reply_to_values=_header_texts(message, "reply-to", hint),
+        return_path_values=_header_texts(message, "return-path", hint),
     )
     email.from_name, email.from_address = sender.name, sender.address
+    email.sender_fallback, email.from_local_part = sender.fallback, sender.local_part
     email.sender_problem = sender.problem
     for note in sender.notes:
         defects.add(note)

@@ -10,6 +10,8 @@ import re
 from html.parser import HTMLParser
 
 import emoji
+import regex
+from charset_normalizer import from_bytes
 
 # Labels that mail clients write and Python does not know, or knows as a narrower charset than
 # the one senders really use. The supersets follow the WHATWG Encoding Standard, which browsers
@@ -47,6 +49,9 @@ _CHARSET_ALIASES = {
     "x-sjis": "cp932",
     "windows-31j": "cp932",
     "iso-2022-jp": "iso2022_jp_ext",
+    "unicode-1-1-utf-7": "utf-7",
+    "utf7": "utf-7",
+    "x-unicode-2-0-utf-7": "utf-7",
 }
 # Labels that say "we don't know": decode by looking at the bytes.
 _UNKNOWN_CHARSETS = {"", "x-unknown", "unknown", "unknown-8bit", "x-user-defined", "default"}
@@ -110,12 +115,31 @@ def codec_for(label: str) -> str | None:
         return None
 
 
+# What charset-normalizer may choose from for 8-bit bytes without a declared charset: the
+# multi-byte and Cyrillic charsets mail really uses, and windows-1252 to compete with them.
+# Left open (or given the other single-byte code pages) it reads French in windows-1250.
+_DETECTABLE = ["gb18030", "big5hkscs", "cp932", "euc_jp", "cp949", "koi8_r", "cp1251", "cp1252"]
+# Detection reads this much at most: a 20 MB body costs no more than its start.
+MAX_DETECTION_BYTES = 64 * 1024
+# Below this many non-ASCII bytes a detection is a guess on too little: windows-1252 then.
+_MIN_DETECTION_BYTES = 4
+_HIGH_BYTES = bytes(range(0x80, 0x100))
+
+
 def guess_decode(data: bytes, hint: str | None = None) -> tuple[str, str]:
-    """Bytes of unknown charset: UTF-8 when they are (mostly) UTF-8, else the hinted charset
-    (say, the body's, for raw 8-bit headers) when they are valid in it, else windows-1252.
-    Returns the text and the charset used."""
+    """Bytes of unknown charset (raw 8-bit headers): the hinted charset (the body's declared
+    one) when it is a specific one and the bytes are valid in it, else UTF-8 when they are
+    (mostly) UTF-8, else what charset-normalizer detects, else windows-1252. Returns the text
+    and the charset used."""
     if data.isascii():
         return data.decode("ascii"), "ascii"
+    label = normalise_charset(hint)
+    codec = codec_for(label)
+    if codec is not None and codec not in ("utf-8", "cp1252", "ascii"):
+        try:
+            return data.decode(codec), label
+        except UnicodeDecodeError:
+            pass
     try:
         return _utf8(data), "utf-8"
     except UnicodeDecodeError:
@@ -123,14 +147,28 @@ def guess_decode(data: bytes, hint: str | None = None) -> tuple[str, str]:
     text = _mostly_utf8(data)
     if text is not None:
         return text, "utf-8"
-    label = normalise_charset(hint)
-    codec = codec_for(label)
-    if codec is not None and codec not in ("utf-8", "cp1252"):
+    detected = detect_charset(data)
+    if detected:
         try:
-            return data.decode(codec), label
+            return data.decode(detected), detected
         except UnicodeDecodeError:
             pass
     return data.decode("windows-1252", "servicedesk-latin1"), "windows-1252"
+
+
+def detect_charset(data: bytes) -> str:
+    """The charset charset-normalizer finds for legacy 8-bit bytes, among those mail uses;
+    "" when there is too little to tell or nothing fits."""
+    sample = data[:MAX_DETECTION_BYTES]
+    if len(sample) - len(sample.translate(None, _HIGH_BYTES)) < _MIN_DETECTION_BYTES:
+        return ""
+    try:
+        best = from_bytes(sample, cp_isolation=_DETECTABLE).best()
+    except Exception:  # a detector failure is no reason to lose the header
+        return ""
+    if best is None or best.encoding in ("ascii", "utf_8", "cp1252"):
+        return ""
+    return str(best.encoding)
 
 
 def decode_text(data: bytes, charset: str | None) -> tuple[str, str]:
@@ -334,28 +372,61 @@ def html_to_text(html: str) -> str:
 
 
 _EMOJI_MARK = "\x00"
+_VS16 = "\ufe0f"
+_EMOJI_PRESENTATION = regex.compile(r"\p{Emoji_Presentation}")
+# Characters that make a sequence emoji whatever its first character: a zero-width joiner, a
+# skin tone, a keycap, a regional indicator (flags), a tag (subdivision flags).
+_EMOJI_SEQUENCE_PART = regex.compile(
+    r"[\u200d\u20e3\U0001f3fb-\U0001f3ff\U0001f1e6-\U0001f1ff\U000e0020-\U000e007f]"
+)
+# No space is left before these when the emoji before them goes ("won't boot 😡." ->
+# "won't boot."), nor after the opening ones.
+_CLOSING = set(".,;:!?)]}»”’…。，、！？：；）」』")
+_OPENING = set("([{«“‘（「『")
+
+
+def is_emoji_presentation(sequence: str) -> bool:
+    """Whether an emoji the emoji package found shows as an emoji: a character with Unicode's
+    Emoji_Presentation, or any sequence (VS16, ZWJ, skin tone, keycap, flag). ©, ®, ™, ☎ and
+    ❤ alone are text symbols (Emoji_Presentation=No) and stay."""
+    if _VS16 in sequence or _EMOJI_SEQUENCE_PART.search(sequence):
+        return True
+    return bool(_EMOJI_PRESENTATION.match(sequence))
 
 
 def remove_emojis(text: str) -> str:
-    """Remove emoji (ZWJ sequences, flags, skin tones and keycaps as wholes) and the spaces
-    they leave behind: "Printer 🔥 broken 👍🏽" -> "Printer broken". Line breaks and other
-    spacing stay. The emoji package counts ©, ™ and ❤ as emoji too, as Unicode does."""
+    """Remove emoji (ZWJ sequences, flags, skin tones and keycaps as wholes, symbols made
+    emoji by VS16) and the spaces they leave behind: "Printer 🔥 broken 👍🏽" -> "Printer
+    broken", "won't boot 😡." -> "won't boot.". Text symbols such as ©, ®, ™, ☎ or ✓ stay
+    (the emoji package's data counts them as emoji; Unicode shows them as text unless VS16
+    follows). Line breaks and other spacing stay."""
     text = text.replace(_EMOJI_MARK, "")
     if text.isascii():
         return text  # every emoji has a code point above U+007F (keycaps end in U+20E3)
-    marked = emoji.replace_emoji(text, replace=_EMOJI_MARK)
-    if marked == text:
+    # Rebuilt from the matches' positions: replace_emoji also drops a VS15 (U+FE0E) that
+    # follows a text symbol it keeps.
+    pieces, position = [], 0
+    for found in emoji.emoji_list(text):
+        start, end = found["match_start"], found["match_end"]
+        if is_emoji_presentation(text[start:end]):
+            pieces += [text[position:start], _EMOJI_MARK]
+            position = end
+    if not position:
         return text
+    marked = "".join(pieces) + text[position:]
     return re.sub(r"[ \t]*\x00(?:[ \t]*\x00)*[ \t]*", _close_gap, marked)
 
 
 def _close_gap(match: re.Match[str]) -> str:
     # A run of emoji with the spaces around it: at a line's start keep its indent, at a line's
-    # end drop it, between words leave one space (or none, when the emoji touched a word).
+    # end drop it, between words leave one space (or none, when the emoji touched a word or
+    # punctuation follows).
     text, start, end = match.string, match.start(), match.end()
     gap = match.group()
     if start == 0 or text[start - 1] == "\n":
         return gap[: len(gap) - len(gap.lstrip(" \t"))]
     if end == len(text) or text[end] == "\n":
+        return ""
+    if text[end] in _CLOSING or text[start - 1] in _OPENING:
         return ""
     return " " if gap[0] in " \t" or gap[-1] in " \t" else ""
