@@ -49,7 +49,9 @@ def bounce_reason(ctx: EmailContext) -> str:
         return "a delivery status report (multipart/report)"
     if email.header("x-failed-recipients"):
         return "names failed recipients (X-Failed-Recipients)"
-    local_part = email.from_address.partition("@")[0]
+    # A From with no domain ("MAILER-DAEMON (Mail Delivery System)") has no address but
+    # keeps its local part for exactly this.
+    local_part = email.from_address.partition("@")[0] or email.from_local_part
     if local_part in BOUNCE_LOCAL_PARTS:
         return f"sent by {local_part}"
     return ""
