@@ -132,7 +132,12 @@ class IncomingLogView(StaffPermissionRequiredMixin, View):
 
     def get(self, request: HttpRequest) -> HttpResponse:
         filters = IncomingLogFilter(request.GET or None, queryset=log_rows())
-        queryset = filters.qs if filters.is_bound else log_rows()
+        if not filters.is_bound:
+            queryset = log_rows()
+        elif filters.is_valid():
+            queryset = filters.qs
+        else:  # e.g. an integration since deleted: nothing matches, the form says why
+            queryset = log_rows().none()
         page = page_of(queryset, cursor=request.GET.get("after", ""))
         query = request.GET.copy()
         query.pop("after", None)
