@@ -102,7 +102,14 @@ def _newest_message_id() -> int:
 
 def _keep_arrival_time(entry: Quarantine, result: ProcessResult, newest: int) -> None:
     """The messages this email added (and the record it opened) are dated when it arrived,
-    not when an admin let it through."""
+    not when an admin let it through; quarantined again, its new entry is too."""
+    if result.outcome == ProcessedEmail.Outcome.QUARANTINED:
+        Quarantine.objects.filter(
+            pk__in=ProcessedEmail.objects.filter(
+                integration_id=entry.integration_id, key=marker_key(bytes(entry.raw_email))
+            ).values("quarantine_id")
+        ).update(received_at=entry.received_at)
+        return
     if result.record_id is None:
         return
     Message.objects.filter(record_id=result.record_id, id__gt=newest).update(

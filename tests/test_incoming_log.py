@@ -334,3 +334,13 @@ def test_add_to_a_record_keeps_the_arrival_time(client: Client, desk, admin_user
     assert (row.outcome, row.record_id) == (Outcome.APPENDED, record.pk)
     assert row.reason == f"added to #{record.pk} by an admin"
     assert Message.objects.filter(record=record).count() == 2
+
+
+def test_reprocess_held_again_keeps_the_arrival_time(client: Client, desk, admin_user):
+    record, entry = quarantined_stranger(desk)
+    client.force_login(admin_user)
+    client.post(f"/quarantine/{entry.pk}/reprocess/")
+    again = Quarantine.objects.get()
+    assert again.pk != entry.pk and again.received_at == entry.received_at
+    row = row_of(f"Re: #{record.pk} late")
+    assert (row.outcome, row.quarantine_id) == (Outcome.QUARANTINED, again.pk)
