@@ -14,11 +14,12 @@ from mailworker.pipeline.lookups import PassLookups, load_pass_lookups
 from mailworker.pipeline.process import (
     ProcessResult,
     RawEmail,
+    append_to_record,
     marker_key,
     process_chunk,
     process_raw,
 )
-from records.models import ProcessedEmail, Quarantine
+from records.models import Message, ProcessedEmail, Quarantine, ServiceRecord
 
 # Held emails released per transaction: a flood of thousands commits in steps, each as
 # short as a chunk of a pass, so the web screens are not kept waiting on the write lock.
@@ -38,14 +39,84 @@ def reprocess_quarantined(*, entry: Quarantine) -> ProcessResult:
     if entry.integration is None:
         raise CannotReprocess("Its integration was deleted; download the .eml instead.")
     raw = bytes(entry.raw_email)
+    desk_addresses = frozenset(addresses_read_by_incoming_integrations())
     with transaction.atomic():
+        newest = _newest_message_id()
         ProcessedEmail.objects.filter(integration=entry.integration, key=marker_key(raw)).delete()
         entry.delete()
-        return process_raw(
-            integration=entry.integration,
-            raw=raw,
-            desk_addresses=frozenset(addresses_read_by_incoming_integrations()),
+        result = process_raw(integration=entry.integration, raw=raw, desk_addresses=desk_addresses)
+        _keep_arrival_time(entry, result, newest)
+        return result
+
+
+def create_record_anyway(*, entry: Quarantine) -> ProcessResult:
+    """Reprocess past the filters that quarantined the email (sender ambiguous, DMARC, not a
+    participant, automatic mail, flood limit): it opens a record, or joins the record it
+    names, unless an ignore rule drops it. The record keeps the time the email arrived."""
+    if entry.integration is None:
+        raise CannotReprocess("Its integration was deleted; download the .eml instead.")
+    integration = entry.integration
+    raw = bytes(entry.raw_email)
+    lookups = load_pass_lookups(integration=integration)
+    with transaction.atomic():
+        newest = _newest_message_id()
+        ProcessedEmail.objects.filter(integration=integration, key=marker_key(raw)).delete()
+        entry.delete()
+        (results,) = process_chunk(
+            integration=integration,
+            emails=[RawEmail(raw)],
+            lookups=lookups,
+            flood_released=bool(entry.flood_key),
+            create_anyway=True,
         )
+        result = results[0]
+        _keep_arrival_time(entry, result, newest)
+        return result
+
+
+def add_to_record(*, entry: Quarantine, record: ServiceRecord) -> ProcessResult:
+    """Add the quarantined email to the record the admin named, as an incoming message of its
+    log at the time the email arrived; the quarantine entry goes."""
+    if entry.integration is None:
+        raise CannotReprocess("Its integration was deleted; download the .eml instead.")
+    integration = entry.integration
+    raw = bytes(entry.raw_email)
+    lookups = load_pass_lookups(integration=integration)
+    with transaction.atomic():
+        newest = _newest_message_id()
+        ProcessedEmail.objects.filter(integration=integration, key=marker_key(raw)).delete()
+        entry.delete()
+        try:
+            result = append_to_record(
+                integration=integration, raw=raw, record=record, lookups=lookups
+            )
+        except ValueError as exc:
+            raise CannotReprocess(f"Cannot add it: {exc}.") from exc
+        _keep_arrival_time(entry, result, newest)
+        return result
+
+
+def _newest_message_id() -> int:
+    return Message.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def _keep_arrival_time(entry: Quarantine, result: ProcessResult, newest: int) -> None:
+    """The messages this email added (and the record it opened) are dated when it arrived,
+    not when an admin let it through; quarantined again, its new entry is too."""
+    if result.outcome == ProcessedEmail.Outcome.QUARANTINED:
+        Quarantine.objects.filter(
+            pk__in=ProcessedEmail.objects.filter(
+                integration_id=entry.integration_id, key=marker_key(bytes(entry.raw_email))
+            ).values("quarantine_id")
+        ).update(received_at=entry.received_at)
+        return
+    if result.record_id is None:
+        return
+    Message.objects.filter(record_id=result.record_id, id__gt=newest).update(
+        created_at=entry.received_at
+    )
+    if result.outcome == ProcessedEmail.Outcome.CREATED:
+        ServiceRecord.objects.filter(pk=result.record_id).update(created_at=entry.received_at)
 
 
 def download_filename(entry: Quarantine) -> str:

@@ -11,15 +11,18 @@ from django.views import View
 from django.views.generic import ListView
 
 from integrations.views import StaffPermissionRequiredMixin
+from mailworker.incoming_log import IncomingLogFilter, log_rows, page_of
 from mailworker.parsing import parse_email
 from mailworker.quarantine import (
     CannotReprocess,
+    add_to_record,
+    create_record_anyway,
     download_filename,
     floods,
     release_flood,
     reprocess_quarantined,
 )
-from records.models import Quarantine
+from records.models import Quarantine, ServiceRecord
 
 
 class QuarantineListView(StaffPermissionRequiredMixin, ListView):
@@ -65,9 +68,26 @@ class QuarantineReprocessView(StaffPermissionRequiredMixin, View):
     permission_required = "records.change_quarantine"
 
     def post(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """`how`: "" through the filters again, "create" a record anyway (past the filters
+        that held it), "add" to the record numbered `record`."""
         entry = get_object_or_404(Quarantine, pk=pk)
+        how = request.POST.get("how", "")
         try:
-            result = reprocess_quarantined(entry=entry)
+            if how == "add":
+                number = request.POST.get("record", "").strip().lstrip("#")
+                record = (
+                    ServiceRecord.objects.filter(pk=int(number)).first()
+                    if number.isdigit()
+                    else None
+                )
+                if record is None:
+                    messages.error(request, f"There is no record #{number or '?'}.")
+                    return redirect("quarantine:detail", pk=pk)
+                result = add_to_record(entry=entry, record=record)
+            elif how == "create":
+                result = create_record_anyway(entry=entry)
+            else:
+                result = reprocess_quarantined(entry=entry)
         except CannotReprocess as exc:
             messages.error(request, f"Cannot reprocess: {exc}")
             return redirect("quarantine:detail", pk=pk)
@@ -102,3 +122,30 @@ class QuarantineReleaseFloodView(StaffPermissionRequiredMixin, View):
             text += f" {report.left_held} stay held: their integration was deleted."
         messages.success(request, text)
         return redirect("quarantine:list")
+
+
+class IncomingLogView(StaffPermissionRequiredMixin, View):
+    """Every email the integrations fetched and what became of it, newest first, filtered
+    (integration, outcome, sender, subject, dates) and paged by keyset (`?after=`)."""
+
+    permission_required = "records.view_processedemail"
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        filters = IncomingLogFilter(request.GET or None, queryset=log_rows())
+        if not filters.is_bound:
+            queryset = log_rows()
+        elif filters.is_valid():
+            queryset = filters.qs
+        else:  # e.g. an integration since deleted: nothing matches, the form says why
+            queryset = log_rows().none()
+        page = page_of(queryset, cursor=request.GET.get("after", ""))
+        query = request.GET.copy()
+        query.pop("after", None)
+        context: dict[str, Any] = {
+            "filter": filters,
+            "rows": page.rows,
+            "next_cursor": page.next_cursor,
+            "query": query.urlencode(),
+            "paged": bool(request.GET.get("after")),
+        }
+        return render(request, "mailworker/incoming_log.html", context)

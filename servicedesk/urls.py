@@ -13,6 +13,7 @@ urlpatterns = [
     path("settings/email/", include("integrations.urls")),
     path("settings/email/<int:pk>/test/", include("mailworker.urls_tests")),
     path("quarantine/", include("mailworker.urls")),
+    path("incoming/", include("mailworker.urls_incoming_log")),
     path("graph/notifications/", views_graph.notifications, name="graph_notifications"),
     path("records/", include("records.urls")),
     path("admin/", admin.site.urls),

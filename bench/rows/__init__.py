@@ -28,7 +28,7 @@ RowFunction = Callable[["Bench"], list[Row]]
 
 def all_rows() -> list[tuple[str, RowFunction]]:
     """(key, function) in order; the key selects rows on the command line (--rows)."""
-    from bench.rows import graph, idle, ingest, memory, outbound, screens
+    from bench.rows import graph, idle, incoming_log, ingest, memory, outbound, screens
 
     return [
         ("ingest", ingest.ingest_and_limit),
@@ -37,4 +37,5 @@ def all_rows() -> list[tuple[str, RowFunction]]:
         ("outbound", outbound.send_notifications),
         ("idle", idle.idle_latency),
         ("screens", screens.screen_times),
+        ("incoming-log", incoming_log.incoming_log_times),
     ]

@@ -27,7 +27,9 @@ class Classification(StrEnum):
 class Verdict:
     """A filter's answer: go on, ignore the email, or quarantine it, with the reason."""
 
-    action: str  # "continue" | "ignore" | "duplicate" | "quarantine" | "bounce"
+    # "continue" | "ignore" | "duplicate" | "loop" | "bounce" | "quarantine"; what each
+    # becomes in the incoming email log: process.VERDICT_OUTCOMES.
+    action: str
     reason: str = ""
 
     @property
@@ -44,6 +46,11 @@ def ignore(reason: str) -> Verdict:
 
 def duplicate(reason: str) -> Verdict:
     return Verdict("duplicate", reason)
+
+
+def loop(reason: str) -> Verdict:
+    """Our own mail coming back: dropped like an ignored email, logged as the loop guard's."""
+    return Verdict("loop", reason)
 
 
 def quarantine(reason: str) -> Verdict:
@@ -88,6 +95,10 @@ class EmailContext:
     # An admin released this email from a flood's quarantine: the flood limit does not hold
     # it again, and its sender gets no acknowledgement (it may be a forged address).
     flood_released: bool = False
+    # An admin chose "create a record anyway" for this quarantined email: the filters that
+    # quarantine go on instead (filters.run_filters), so it opens a record (or joins the one
+    # it names) unless it is ignored outright.
+    create_anyway: bool = False
 
     @property
     def is_automatic(self) -> bool:

@@ -125,7 +125,12 @@ def drain_mailbox(
 
     def write(chunk: list[FetchedMessage], parsed: list[Parsed]) -> None:
         emails = [
-            RawEmail(message.raw, limit if message.oversized else None, message.identity)
+            RawEmail(
+                message.raw,
+                limit if message.oversized else None,
+                message.identity,
+                size=message.size,
+            )
             for message in chunk
         ]
         acked = 0

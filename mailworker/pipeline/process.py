@@ -49,13 +49,25 @@ from mailworker.pipeline.lookups import (
 )
 from mailworker.pipeline.parse_ahead import Parsed, parse
 from records.email_rules import NO_RULES, RuleOutcome
-from records.models import ProcessedEmail, Quarantine
+from records.models import ProcessedEmail, Quarantine, ServiceRecord
 
 logger = logging.getLogger(__name__)
 Outcome = ProcessedEmail.Outcome
 ALREADY_PROCESSED = "already processed"
 # Errors that mean the database is not there: retry the email later, do not quarantine it.
 SYSTEM_ERRORS = (OperationalError, InterfaceError)
+
+# What a filter's verdict makes of the email in the incoming email log: a new kind of verdict
+# (its action) is a line here. A quarantine held by the flood limit is logged as FLOOD.
+VERDICT_OUTCOMES: dict[str, str] = {
+    "ignore": Outcome.IGNORED,
+    "duplicate": Outcome.DUPLICATE,
+    "loop": Outcome.LOOP,
+    "bounce": Outcome.BOUNCE,
+    "quarantine": Outcome.QUARANTINED,
+}
+# Verdicts after which the email is forwarded to the integration's "forward ignored" users.
+FORWARDED_OUTCOMES = frozenset({Outcome.IGNORED, Outcome.LOOP})
 
 
 @dataclass(frozen=True)
@@ -89,9 +101,15 @@ def _mark(
     integration: EmailIntegration,
     key: str,
     outcome: str,
+    size: int,
     record_id: int | None = None,
     fingerprint: str = "",
+    reason: str = "",
+    quarantine: Quarantine | None = None,
+    duplicate_of_id: int | None = None,
 ) -> ProcessedEmail:
+    """The processed marker, which is also the email's row of the incoming email log: every
+    field comes from what the pipeline has at hand, so the log costs no query of its own."""
     email = ctx_or_email.email if isinstance(ctx_or_email, EmailContext) else ctx_or_email
     return ProcessedEmail.objects.create(
         integration=integration,
@@ -100,6 +118,29 @@ def _mark(
         fingerprint=fingerprint,
         outcome=outcome,
         record_id=record_id,
+        from_address=(email.from_address if email else "")[:998],
+        subject=(email.subject if email else "")[:998],
+        size=size,
+        reason=reason[:10_000],
+        quarantine=quarantine,
+        duplicate_of_id=duplicate_of_id,
+    )
+
+
+def _duplicate_of(ctx: EmailContext) -> int | None:
+    """The marker whose fingerprint the duplicate guard matched: the chunk read it already;
+    only when the chunk cannot answer (after a failed email) is it asked for, and then only
+    for a duplicate."""
+    if not ctx.fingerprint:
+        return None
+    known, newest = ctx.chunk.newest_marker(ctx.fingerprint) if ctx.chunk else (False, None)
+    if known:
+        return newest
+    return (
+        ProcessedEmail.objects.filter(fingerprint=ctx.fingerprint)
+        .order_by("-id")
+        .values_list("id", flat=True)
+        .first()
     )
 
 
@@ -110,9 +151,10 @@ def _quarantine(
     reason: str,
     email: InboundEmail | None,
     key: str,
+    size: int,
     flood_key: str = "",
 ) -> ProcessResult:
-    Quarantine.objects.create(
+    entry = Quarantine.objects.create(
         integration=integration,
         raw_email=raw,
         reason=reason[:10_000],
@@ -121,21 +163,35 @@ def _quarantine(
         message_id=(email.message_id if email else "")[:998],
         flood_key=flood_key[:400],
     )
-    _mark(email, integration=integration, key=key, outcome=Outcome.QUARANTINED)
+    outcome = Outcome.FLOOD if flood_key else Outcome.QUARANTINED
+    _mark(
+        email,
+        integration=integration,
+        key=key,
+        outcome=outcome,
+        size=size,
+        reason=reason,
+        quarantine=entry,
+    )
     return ProcessResult(Outcome.QUARANTINED, reason=reason)
 
 
-def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str) -> ProcessResult:
+def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str, size: int) -> ProcessResult:
     integration = ctx.integration
     if verdict is None:
         outcome = apply_email(ctx)
+        logged = outcome
+        if ctx.as_internal_note and outcome == Outcome.APPENDED:
+            logged = Outcome.NOTE  # a non-participant's email kept as an internal note
         marker = _mark(
             ctx,
             integration=integration,
             key=key,
-            outcome=outcome,
+            outcome=logged,
+            size=size,
             record_id=ctx.record.pk,
             fingerprint=ctx.fingerprint,
+            reason=_applied_reason(ctx, logged),
         )
         if ctx.chunk is not None and ctx.fingerprint:
             ctx.chunk.note_marker(ctx.fingerprint, marker.pk)
@@ -143,23 +199,47 @@ def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str) -> ProcessR
             ctx.chunk.note_new_record(keys_counting(ctx.email.from_address))
         return ProcessResult(outcome, record_id=ctx.record.pk, reason=ctx.matched_by)
     if verdict.action == "quarantine" and ctx.flood_key:
-        return _hold_flood(ctx, reason=verdict.reason, key=key)
+        return _hold_flood(ctx, reason=verdict.reason, key=key, size=size)
     if verdict.action == "quarantine":
         return _quarantine(
-            integration=integration, raw=ctx.raw, reason=verdict.reason, email=ctx.email, key=key
+            integration=integration,
+            raw=ctx.raw,
+            reason=verdict.reason,
+            email=ctx.email,
+            key=key,
+            size=size,
         )
-    outcome = {"duplicate": Outcome.DUPLICATE, "bounce": Outcome.BOUNCE}.get(
-        verdict.action, Outcome.IGNORED
-    )
-    if outcome == Outcome.IGNORED:
+    outcome = VERDICT_OUTCOMES.get(verdict.action, Outcome.IGNORED)
+    if outcome in FORWARDED_OUTCOMES:
         queue_forward_of_ignored(ctx, reason=verdict.reason)
     # A bounce links to the record of the email that bounced.
     record_id = ctx.record.pk if outcome == Outcome.BOUNCE and ctx.record is not None else None
-    _mark(ctx, integration=integration, key=key, outcome=outcome, record_id=record_id)
-    return ProcessResult(outcome, record_id=record_id, reason=verdict.reason)
+    _mark(
+        ctx,
+        integration=integration,
+        key=key,
+        outcome=outcome,
+        record_id=record_id,
+        size=size,
+        reason=verdict.reason,
+        duplicate_of_id=_duplicate_of(ctx) if outcome == Outcome.DUPLICATE else None,
+    )
+    # A pass counts the loop guard's drops as ignored, as it always has.
+    counted = Outcome.IGNORED if outcome == Outcome.LOOP else outcome
+    return ProcessResult(counted, record_id=record_id, reason=verdict.reason)
 
 
-def _hold_flood(ctx: EmailContext, *, reason: str, key: str) -> ProcessResult:
+def _applied_reason(ctx: EmailContext, outcome: str) -> str:
+    """Why the email went where it went, for the log: how its record was found."""
+    if outcome == Outcome.CREATED:
+        return "created anyway by an admin" if ctx.create_anyway else ""
+    parts = [f"matched by {ctx.matched_by}" if ctx.matched_by else ""]
+    if outcome == Outcome.NOTE:
+        parts.append("the sender is not a participant of the record")
+    return "; ".join(part for part in parts if part)
+
+
+def _hold_flood(ctx: EmailContext, *, reason: str, key: str, size: int) -> ProcessResult:
     """Quarantine an email the flood limit holds, marked with its flood's key; the first
     email held of a flood (within the hour) alerts the admins, the others are only kept."""
     flood_key = ctx.flood_key
@@ -172,6 +252,7 @@ def _hold_flood(ctx: EmailContext, *, reason: str, key: str) -> ProcessResult:
         reason=reason,
         email=ctx.email,
         key=key,
+        size=size,
         flood_key=flood_key,
     )
     if ctx.chunk is not None:
@@ -208,6 +289,13 @@ class RawEmail:
     raw: bytes
     oversized_limit: int | None = None
     identity: str = ""  # the server's stable name of the message, when it has one (marker_key)
+    # The size as fetched, for the incoming email log (0: len(raw)); an oversized email's
+    # full size, while `raw` holds less.
+    size: int = 0
+
+    @property
+    def fetched_size(self) -> int:
+        return max(self.size, len(self.raw))
 
 
 # A chunk commits after this many emails or this long, whichever comes first: a shared
@@ -234,6 +322,39 @@ def process_raw(
     return committed[0]
 
 
+def append_to_record(
+    *, integration: EmailIntegration, raw: bytes, record: ServiceRecord, lookups: PassLookups
+) -> ProcessResult:
+    """Add an email to the record an admin chose (quarantine's "add to #N"), past the filters:
+    an incoming message of its log like any reply, and the email's row of the incoming log.
+    Raises ValueError when the email cannot be read."""
+    parsed = parse(raw)
+    if parsed.email is None:
+        raise ValueError("the email cannot be read")
+    key = marker_key(raw)
+    with transaction.atomic(), batched_outbox(desk_addresses=lookups.desk_addresses):
+        ctx = EmailContext(
+            integration=integration,
+            email=parsed.email,
+            raw=raw,
+            desk_addresses=lookups.desk_addresses,
+            lookups=lookups,
+            record=record,
+            matched_by="an admin",
+        )
+        outcome = apply_email(ctx)
+        _mark(
+            ctx,
+            integration=integration,
+            key=key,
+            outcome=outcome,
+            size=len(raw),
+            record_id=record.pk,
+            reason=f"added to #{record.pk} by an admin",
+        )
+    return ProcessResult(outcome, record_id=record.pk)
+
+
 def process_chunk(
     *,
     integration: EmailIntegration,
@@ -243,6 +364,7 @@ def process_chunk(
     max_seconds: float | None = None,
     parsed: Sequence[Parsed] | None = None,
     flood_released: bool = False,
+    create_anyway: bool = False,
 ) -> Iterator[list[ProcessResult]]:
     """Process emails in shared transactions, a savepoint each; yields the results of each
     transaction once it has committed, in order, so the caller acks exactly those.
@@ -255,6 +377,8 @@ def process_chunk(
     `parsed`: the emails parsed already (in a second process, see parse_ahead.py), in order.
     `flood_released`: an admin released these emails from a flood's quarantine (see
     EmailContext.flood_released).
+    `create_anyway`: an admin asked for a record despite the filters that held the emails
+    (see EmailContext.create_anyway).
     """
     max_emails = max_emails or CHUNK_MAX_EMAILS
     max_seconds = max_seconds or CHUNK_MAX_SECONDS
@@ -291,6 +415,7 @@ def process_chunk(
                             chunk,
                             rule_outcome=outcomes[index],
                             flood_released=flood_released,
+                            create_anyway=create_anyway,
                         )
                     )
                     done.add(key)  # the same bytes twice in one chunk: the second is done
@@ -356,12 +481,13 @@ def _process_one(
     *,
     rule_outcome: RuleOutcome | None = None,
     flood_released: bool = False,
+    create_anyway: bool = False,
 ) -> ProcessResult:
     """One email in its own savepoint of the caller's transaction."""
-    raw, oversized_limit = item.raw, item.oversized_limit
+    raw, oversized_limit, size = item.raw, item.oversized_limit, item.fetched_size
     email = parsed.email
     if email is None:
-        return _quarantine_after_error(integration, raw, None, key, error=parsed.failure)
+        return _quarantine_after_error(integration, raw, None, key, size=size, error=parsed.failure)
     outbox_mark = batch_mark()
     try:
         with transaction.atomic():
@@ -374,6 +500,7 @@ def _process_one(
                     "only its headers were kept",
                     email=email,
                     key=key,
+                    size=size,
                 )
             ctx = EmailContext(
                 integration=integration,
@@ -384,19 +511,20 @@ def _process_one(
                 chunk=chunk,
                 rule_outcome=rule_outcome,
                 flood_released=flood_released,
+                create_anyway=create_anyway,
             )
-            return _decide(ctx, run_filters(ctx), key=key)
+            return _decide(ctx, run_filters(ctx), key=key, size=size)
     except IntegrityError:
         forget_rolled_back(chunk, outbox_mark)
         # Another worker committed the same email first (the marker is unique): it is done.
         if already_processed(integration=integration, key=key):
             return ProcessResult(ALREADY_PROCESSED)
-        return _quarantine_after_error(integration, raw, email, key)
+        return _quarantine_after_error(integration, raw, email, key, size=size)
     except SYSTEM_ERRORS:
         raise
     except Exception:  # the email made something fail: keep it whole and go on
         forget_rolled_back(chunk, outbox_mark)
-        return _quarantine_after_error(integration, raw, email, key)
+        return _quarantine_after_error(integration, raw, email, key, size=size)
 
 
 def forget_rolled_back(chunk: ChunkLookups, outbox_mark: int) -> None:
@@ -412,6 +540,7 @@ def _quarantine_after_error(
     email: InboundEmail | None,
     key: str,
     *,
+    size: int,
     error: str = "",
 ) -> ProcessResult:
     """`error`: the traceback when it was raised elsewhere (parsing, in another process);
@@ -431,6 +560,7 @@ def _quarantine_after_error(
                 reason=f"processing failed: {error}",
                 email=email,
                 key=key,
+                size=size,
             )
     except DatabaseError:
         # Not even the quarantine could be written: leave the email in the mailbox.

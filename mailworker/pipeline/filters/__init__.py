@@ -43,9 +43,17 @@ FILTERS: tuple[tuple[str, Filter], ...] = (
 
 
 def run_filters(ctx: EmailContext) -> Verdict | None:
-    """The first verdict that stops the email, or None when it goes on to be applied."""
-    for _name, check in FILTERS:
+    """The first verdict that stops the email, or None when it goes on to be applied.
+
+    For an email an admin asked to create a record for anyway (ctx.create_anyway): it is
+    not matched to a record (adding it to one is the quarantine's "add to #N"), and the
+    verdicts that would quarantine it go on, but for "no sender address" (no requester)."""
+    for name, check in FILTERS:
+        if ctx.create_anyway and name == "match record":
+            continue
         verdict = check(ctx)
         if verdict.stops:
+            if ctx.create_anyway and verdict.action == "quarantine" and name != "requester":
+                continue
             return verdict
     return None

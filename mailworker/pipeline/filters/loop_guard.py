@@ -2,13 +2,13 @@
 our own mail coming back; answering it would start a loop."""
 
 from mailworker.headers import LOOP_HEADER
-from mailworker.pipeline.context import CONTINUE, EmailContext, Verdict, ignore
+from mailworker.pipeline.context import CONTINUE, EmailContext, Verdict, loop
 
 
 def check(ctx: EmailContext) -> Verdict:
     if ctx.email.header(LOOP_HEADER):
-        return ignore(f"carries our own {LOOP_HEADER} header (sent by this desk)")
+        return loop(f"carries our own {LOOP_HEADER} header (sent by this desk)")
     sender = ctx.email.from_address
     if sender and sender in ctx.desk_addresses:
-        return ignore(f"sent from {sender}, a mailbox this desk reads")
+        return loop(f"sent from {sender}, a mailbox this desk reads")
     return CONTINUE
