@@ -16,7 +16,7 @@ import pytest
 from integrations.models import EmailIntegration
 from mailworker.parsing import parse_email
 from mailworker.pipeline.passes import run_pass
-from records.models import Quarantine, ServiceRecord
+from records.models import ProcessedEmail, Quarantine, ServiceRecord
 
 pytestmark = pytest.mark.django_db
 
@@ -216,8 +216,11 @@ def test_a_mailer_daemon_without_domain_keeps_its_local_part(desk) -> None:
     email = parse_email(message)
     assert email.from_address == ""  # never an identity: nobody can be answered there
     assert email.from_local_part == "mailer-daemon"
-    # No record (no requester); whether it is a bounce is the automatic-mail filter's call.
+    # No record (no requester): a bounce of no email of ours, recognised by its local part.
     assert not ServiceRecord.objects.exists()
+    logged = ProcessedEmail.objects.get()
+    assert logged.outcome == ProcessedEmail.Outcome.IGNORED
+    assert "sent by mailer-daemon" in logged.reason
 
 
 # Raw 8-bit headers ------------------------------------------------------------------------------
