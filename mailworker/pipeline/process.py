@@ -10,8 +10,10 @@ rolls back, nothing of it is acked, and its emails stay in the mailbox for the n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -32,6 +34,7 @@ from mailworker.outbound.queue import (
 )
 from mailworker.pipeline.apply import apply_email, evaluate_rules_for, queue_forward_of_ignored
 from mailworker.pipeline.context import EmailContext, Verdict
+from mailworker.pipeline.defects import readable_defects
 from mailworker.pipeline.filters import run_filters
 from mailworker.pipeline.filters.duplicate_guard import fingerprint
 from mailworker.pipeline.flood_counts import (
@@ -49,7 +52,8 @@ from mailworker.pipeline.lookups import (
 )
 from mailworker.pipeline.parse_ahead import Parsed, parse
 from records.email_rules import NO_RULES, RuleOutcome
-from records.models import ProcessedEmail, Quarantine
+from records.models import Original, ProcessedEmail, Quarantine
+from records.originals import original_row, store_file
 
 logger = logging.getLogger(__name__)
 Outcome = ProcessedEmail.Outcome
@@ -91,8 +95,11 @@ def _mark(
     outcome: str,
     record_id: int | None = None,
     fingerprint: str = "",
+    original: Original | None = None,
 ) -> ProcessedEmail:
     email = ctx_or_email.email if isinstance(ctx_or_email, EmailContext) else ctx_or_email
+    if original is None and isinstance(ctx_or_email, EmailContext):
+        original = ctx_or_email.original
     return ProcessedEmail.objects.create(
         integration=integration,
         key=key,
@@ -100,6 +107,7 @@ def _mark(
         fingerprint=fingerprint,
         outcome=outcome,
         record_id=record_id,
+        original=original,
     )
 
 
@@ -111,6 +119,7 @@ def _quarantine(
     email: InboundEmail | None,
     key: str,
     flood_key: str = "",
+    original: Original | None = None,
 ) -> ProcessResult:
     Quarantine.objects.create(
         integration=integration,
@@ -120,8 +129,9 @@ def _quarantine(
         subject=(email.subject if email else "")[:998],
         message_id=(email.message_id if email else "")[:998],
         flood_key=flood_key[:400],
+        original=original,
     )
-    _mark(email, integration=integration, key=key, outcome=Outcome.QUARANTINED)
+    _mark(email, integration=integration, key=key, outcome=Outcome.QUARANTINED, original=original)
     return ProcessResult(Outcome.QUARANTINED, reason=reason)
 
 
@@ -146,7 +156,12 @@ def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str) -> ProcessR
         return _hold_flood(ctx, reason=verdict.reason, key=key)
     if verdict.action == "quarantine":
         return _quarantine(
-            integration=integration, raw=ctx.raw, reason=verdict.reason, email=ctx.email, key=key
+            integration=integration,
+            raw=ctx.raw,
+            reason=verdict.reason,
+            email=ctx.email,
+            key=key,
+            original=ctx.original,
         )
     outcome = Outcome.DUPLICATE if verdict.action == "duplicate" else Outcome.IGNORED
     if outcome == Outcome.IGNORED:
@@ -169,6 +184,7 @@ def _hold_flood(ctx: EmailContext, *, reason: str, key: str) -> ProcessResult:
         email=ctx.email,
         key=key,
         flood_key=flood_key,
+        original=ctx.original,
     )
     if ctx.chunk is not None:
         ctx.chunk.note_flood_held(flood_key)
@@ -204,6 +220,21 @@ class RawEmail:
     raw: bytes
     oversized_limit: int | None = None
     identity: str = ""  # the server's stable name of the message, when it has one (marker_key)
+    # An email over the size limit: the whole of it, in a temporary file the adapter wrote a
+    # piece at a time; streamed to storage as its original, then removed.
+    original_path: str = ""
+    # The original is kept already (reprocessing a quarantined email): link it, store none.
+    original_id: int | None = None
+
+    @property
+    def stores_original(self) -> bool:
+        """Whether parsing stores `raw` as the original (else: the whole file, or none)."""
+        return not self.original_path and self.original_id is None
+
+
+class OriginalNotStored(RuntimeError):
+    """The storage of originals refused a file: nothing of the chunk is acked, its emails
+    stay in the mailbox for the next pass (never acked without their original)."""
 
 
 # A chunk commits after this many emails or this long, whichever comes first: a shared
@@ -219,13 +250,17 @@ def process_raw(
     raw: bytes,
     desk_addresses: frozenset[str],
     oversized_limit: int | None = None,
+    original_id: int | None = None,
 ) -> ProcessResult:
     """Process one email in its own transaction (`ingest_email`, reprocessing from the
     quarantine). `oversized_limit` set means `raw` holds only the headers of an email
-    larger than that many bytes: it is quarantined and the sender told."""
+    larger than that many bytes: it is quarantined and the sender told. `original_id`: the
+    email's original is kept already (a quarantine entry's): linked, not stored again."""
     lookups = load_pass_lookups(integration=integration, desk_addresses=desk_addresses)
     (committed,) = process_chunk(
-        integration=integration, emails=[RawEmail(raw, oversized_limit)], lookups=lookups
+        integration=integration,
+        emails=[RawEmail(raw, oversized_limit, original_id=original_id)],
+        lookups=lookups,
     )
     return committed[0]
 
@@ -259,7 +294,8 @@ def process_chunk(
     if parsed is None:
         # Parsed before any transaction opens: it needs no database, and the chunk's senders
         # and fingerprints are then looked up with one query each.
-        parsed = [parse(email.raw) for email in emails]
+        parsed = [parse(email.raw, keep_original=email.stores_original) for email in emails]
+    parsed = stored_originals(emails, parsed)
     outcomes = [
         None if keys[index] in done else rule_outcome_of(integration, item, lookups)
         for index, item in enumerate(parsed)
@@ -294,6 +330,26 @@ def process_chunk(
                     break
         position += len(results)
         yield results
+
+
+def stored_originals(emails: Sequence[RawEmail], parsed: Sequence[Parsed]) -> list[Parsed]:
+    """Every email's original written to storage before its transaction opens: the whole
+    file of an email over the size limit is streamed now (then its temporary file removed).
+    A file that could not be written stops the chunk (OriginalNotStored): nothing acked."""
+    result = list(parsed)
+    for index, email in enumerate(emails):
+        item = result[index]
+        if email.original_path:
+            try:
+                stored = store_file(email.original_path)
+            except OSError as error:
+                raise OriginalNotStored(f"could not store an original: {error}") from error
+            with contextlib.suppress(OSError):
+                os.unlink(email.original_path)
+            result[index] = Parsed(item.email, item.failure, stored=stored)
+        elif item.store_failure:
+            raise OriginalNotStored(f"could not store an original:\n{item.store_failure}")
+    return result
 
 
 def rule_outcome_of(
@@ -353,23 +409,37 @@ def _process_one(
     rule_outcome: RuleOutcome | None = None,
     flood_released: bool = False,
 ) -> ProcessResult:
-    """One email in its own savepoint of the caller's transaction."""
+    """One email in its own savepoint of the caller's transaction. Its original's row is
+    written first, in the caller's transaction (outside the savepoint: an email that fails is
+    quarantined with it)."""
     raw, oversized_limit = item.raw, item.oversized_limit
     email = parsed.email
+    original: Original | None = None
+    if parsed.stored is not None:
+        original = original_row(parsed.stored, integration_id=integration.pk)
+    elif item.original_id is not None:
+        original = Original.objects.filter(pk=item.original_id).first()
     if email is None:
-        return _quarantine_after_error(integration, raw, None, key, error=parsed.failure)
+        return _quarantine_after_error(
+            integration, raw, None, key, error=parsed.failure, original=original
+        )
     outbox_mark = batch_mark()
     try:
         with transaction.atomic():
             if oversized_limit is not None:
                 queue_size_notice(integration=integration, email=email, limit=oversized_limit)
+                kept = (
+                    "kept whole as its original"
+                    if item.original_path and original is not None
+                    else "only its headers were kept"
+                )
                 return _quarantine(
                     integration=integration,
                     raw=raw,
-                    reason=f"larger than the {oversized_limit // (1024 * 1024)} MB limit; "
-                    "only its headers were kept",
+                    reason=f"larger than the {oversized_limit // (1024 * 1024)} MB limit; {kept}",
                     email=email,
                     key=key,
+                    original=original,
                 )
             ctx = EmailContext(
                 integration=integration,
@@ -380,6 +450,8 @@ def _process_one(
                 chunk=chunk,
                 rule_outcome=rule_outcome,
                 flood_released=flood_released,
+                original=original,
+                defects=readable_defects(email, raw),
             )
             return _decide(ctx, run_filters(ctx), key=key)
     except IntegrityError:
@@ -387,12 +459,12 @@ def _process_one(
         # Another worker committed the same email first (the marker is unique): it is done.
         if already_processed(integration=integration, key=key):
             return ProcessResult(ALREADY_PROCESSED)
-        return _quarantine_after_error(integration, raw, email, key)
+        return _quarantine_after_error(integration, raw, email, key, original=original)
     except SYSTEM_ERRORS:
         raise
     except Exception:  # the email made something fail: keep it whole and go on
         forget_rolled_back(chunk, outbox_mark)
-        return _quarantine_after_error(integration, raw, email, key)
+        return _quarantine_after_error(integration, raw, email, key, original=original)
 
 
 def forget_rolled_back(chunk: ChunkLookups, outbox_mark: int) -> None:
@@ -409,6 +481,7 @@ def _quarantine_after_error(
     key: str,
     *,
     error: str = "",
+    original: Original | None = None,
 ) -> ProcessResult:
     """`error`: the traceback when it was raised elsewhere (parsing, in another process);
     else the one being handled."""
@@ -427,6 +500,7 @@ def _quarantine_after_error(
                 reason=f"processing failed: {error}",
                 email=email,
                 key=key,
+                original=original,
             )
     except DatabaseError:
         # Not even the quarantine could be written: leave the email in the mailbox.

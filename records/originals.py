@@ -1,0 +1,239 @@
+"""Originals: every incoming email exactly as it arrived, gzip-compressed, in the storage the
+desk uses for attachments (default_storage, MEDIA_ROOT: a path ops can put on a volume).
+
+Writing happens in two steps so that a committed row never lacks its file:
+
+1. `store_bytes` / `store_file` write the compressed file (no database; the parse-ahead
+   process calls `store_bytes` beside the writes of the previous chunk). One file per email,
+   under originals/YYYY/MM/DD/ of its arrival day.
+2. `original_row` creates the records.Original row in the email's transaction, before the
+   email is acked. A crash between the two leaves an orphan file, never a row without a file;
+   `delete_expired` removes orphans with the day directories older than the retention period.
+
+Compression is zlib level 1 (gzip container): emails are mostly base64 and text, level 1
+keeps most of the gain at a fraction of the cost of the default level 9.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import IO
+
+from django.core.files import File
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from records.models import DeskSettings, Original, ProcessedEmail
+
+logger = logging.getLogger(__name__)
+
+COMPRESS_LEVEL = 1
+STREAM_CHUNK = 1024 * 1024
+DIRECTORY = "originals"
+
+
+@dataclass(frozen=True)
+class StoredOriginal:
+    """A compressed original written to storage, its row not created yet (picklable: the
+    parse-ahead process hands it back)."""
+
+    name: str
+    size: int
+    stored_size: int
+    sha256: str
+    received_at: datetime
+
+
+def _name(received_at: datetime) -> str:
+    return f"{DIRECTORY}/{received_at:%Y/%m/%d}/{uuid.uuid4().hex}.eml.gz"
+
+
+def store_bytes(raw: bytes, *, received_at: datetime | None = None) -> StoredOriginal:
+    """Compress and write one email held in memory."""
+    received_at = received_at or timezone.now()
+    if len(raw) > STREAM_CHUNK:
+        # A large email is compressed a piece at a time into a temporary file: no second
+        # copy of it in memory.
+        view = memoryview(raw)
+        with tempfile.TemporaryFile() as compressed:
+            with gzip.GzipFile(
+                fileobj=compressed, mode="wb", compresslevel=COMPRESS_LEVEL, mtime=0
+            ) as target:
+                for start in range(0, len(raw), STREAM_CHUNK):
+                    target.write(view[start : start + STREAM_CHUNK])
+            stored_size = compressed.tell()
+            compressed.seek(0)
+            name = default_storage.save(_name(received_at), File(compressed))
+    else:
+        data = gzip.compress(raw, compresslevel=COMPRESS_LEVEL, mtime=0)
+        stored_size = len(data)
+        name = default_storage.save(_name(received_at), ContentFile(data))
+    return StoredOriginal(
+        name=name,
+        size=len(raw),
+        stored_size=stored_size,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        received_at=received_at,
+    )
+
+
+def store_file(path: str, *, received_at: datetime | None = None) -> StoredOriginal:
+    """Compress and write one email held in a file (an email over the size limit), a piece at
+    a time: memory does not grow with its size."""
+    received_at = received_at or timezone.now()
+    digest = hashlib.sha256()
+    size = 0
+    with tempfile.TemporaryFile() as compressed:
+        with (
+            open(path, "rb") as source,
+            gzip.GzipFile(
+                fileobj=compressed, mode="wb", compresslevel=COMPRESS_LEVEL, mtime=0
+            ) as target,
+        ):
+            while piece := source.read(STREAM_CHUNK):
+                digest.update(piece)
+                size += len(piece)
+                target.write(piece)
+        stored_size = compressed.tell()
+        compressed.seek(0)
+        name = default_storage.save(_name(received_at), File(compressed))
+    return StoredOriginal(
+        name=name,
+        size=size,
+        stored_size=stored_size,
+        sha256=digest.hexdigest(),
+        received_at=received_at,
+    )
+
+
+def original_row(stored: StoredOriginal, *, integration_id: int | None) -> Original:
+    return Original.objects.create(
+        integration_id=integration_id,
+        file=stored.name,
+        size=stored.size,
+        stored_size=stored.stored_size,
+        sha256=stored.sha256,
+        received_at=stored.received_at,
+    )
+
+
+def open_original(original: Original) -> IO[bytes]:
+    """The email as it arrived, decompressed as it is read."""
+    return gzip.GzipFile(fileobj=default_storage.open(original.file.name, "rb"), mode="rb")
+
+
+def read_original(original: Original) -> bytes:
+    with open_original(original) as stream:
+        return stream.read()
+
+
+def iter_original(original: Original) -> Iterator[bytes]:
+    with open_original(original) as stream:
+        while piece := stream.read(STREAM_CHUNK):
+            yield piece
+
+
+def decompress(data: bytes) -> bytes:
+    return zlib.decompress(data, wbits=31)
+
+
+def spool(stream: IO[bytes]) -> str:
+    """Copy a stream to a temporary file (for adapters); returns its path."""
+    handle, path = tempfile.mkstemp(prefix="sd-original-", suffix=".eml")
+    with os.fdopen(handle, "wb") as target:
+        shutil.copyfileobj(stream, target, STREAM_CHUNK)
+    return path
+
+
+# Retention ---------------------------------------------------------------------------------
+
+DELETE_BATCH = 1000
+
+
+def retention_cutoff(now: datetime | None = None) -> datetime:
+    days = DeskSettings.current().originals_retention_days
+    return (now or timezone.now()) - timedelta(days=days)
+
+
+def delete_expired(now: datetime | None = None) -> dict[str, int]:
+    """Delete originals (rows and files) and incoming log rows older than the retention
+    period of DeskSettings, and orphan files in day directories older than it.
+
+    A log row is the processed marker of its email: it is deleted only when older than the
+    retention period, when its email left the mailbox long ago (the pipeline acks an email
+    right after the commit that wrote its row). An email still in a mailbox after that long
+    (a server that failed to expunge) would be imported again once: the log then says so.
+    """
+    cutoff = retention_cutoff(now)
+    deleted = {"originals": 0, "log_rows": 0, "files": 0}
+    while True:
+        batch = list(
+            Original.objects.filter(received_at__lt=cutoff).values_list("pk", "file")[:DELETE_BATCH]
+        )
+        if not batch:
+            break
+        with transaction.atomic():
+            Original.objects.filter(pk__in=[pk for pk, _name in batch]).delete()
+        # Files after the rows: a crash in between leaves orphans (swept below), never a row
+        # without its file.
+        for _pk, name in batch:
+            try:
+                default_storage.delete(name)
+                deleted["files"] += 1
+            except OSError:
+                logger.warning("could not delete original %s", name, exc_info=True)
+        deleted["originals"] += len(batch)
+    while True:
+        pks = list(
+            ProcessedEmail.objects.filter(processed_at__lt=cutoff).values_list("pk", flat=True)[
+                :DELETE_BATCH
+            ]
+        )
+        if not pks:
+            break
+        deleted["log_rows"] += ProcessedEmail.objects.filter(pk__in=pks).delete()[0]
+    deleted["files"] += _sweep_orphans(cutoff)
+    return deleted
+
+
+def _sweep_orphans(cutoff: datetime) -> int:
+    """Files of day directories wholly older than the cutoff whose row is gone (a crash
+    between writing the file and the commit)."""
+    removed = 0
+    cutoff_day = cutoff.date()
+    try:
+        years, _files = default_storage.listdir(DIRECTORY)
+    except (OSError, NotImplementedError):
+        return 0
+    for year in years:
+        months, _files = default_storage.listdir(f"{DIRECTORY}/{year}")
+        for month in months:
+            days, _files = default_storage.listdir(f"{DIRECTORY}/{year}/{month}")
+            for day in days:
+                try:
+                    date = datetime(int(year), int(month), int(day)).date()
+                except ValueError:
+                    continue
+                if date >= cutoff_day:
+                    continue
+                folder = f"{DIRECTORY}/{year}/{month}/{day}"
+                _dirs, files = default_storage.listdir(folder)
+                names = [f"{folder}/{name}" for name in files]
+                kept = set(Original.objects.filter(file__in=names).values_list("file", flat=True))
+                for name in names:
+                    if name not in kept:
+                        default_storage.delete(name)
+                        removed += 1
+    return removed
