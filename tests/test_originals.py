@@ -254,3 +254,38 @@ def test_desk_settings_screen_sets_the_retention_within_bounds(client, django_us
     assert client.post(url, {"originals_retention_days": "3651"}).status_code == 400
     assert client.post(url, {"originals_retention_days": "365"}).status_code == 302
     assert DeskSettings.current().originals_retention_days == 365
+
+
+def test_pop3_streams_an_oversized_email_whole_into_its_original(
+    dovecot, dovecot_integration, settings
+):
+    settings.MAX_INCOMING_EMAIL_BYTES = 1 * MiB
+    integration = dovecot_integration(protocol="pop3")
+    raw = make_email(
+        subject="Three megabytes",
+        body=".a line that starts with a dot\r\n..and two",
+        attachments=[("big.bin", "application/octet-stream", bytes(range(256)) * 9000)],
+    )
+    dovecot.deliver(integration.incoming_username, [raw])
+    report = run_pass(integration=integration)
+    assert report.counts["quarantined"] == 1, report
+    entry = Quarantine.objects.get()
+    assert "kept whole" in entry.reason
+    assert read_original(entry.original) == raw
+
+
+def test_graph_streams_an_oversized_email_whole_into_its_original(graph, settings):
+    from tests.graph_helpers import make_graph_integration
+
+    settings.MAX_INCOMING_EMAIL_BYTES = 64 * 1024
+    integration = make_graph_integration(graph)
+    big = make_email(
+        subject="Huge scan",
+        attachments=[("scan.pdf", "application/pdf", b"%PDF" + b"x" * 400_000)],
+    )
+    graph.deliver(integration.incoming_username, [big])
+    report = run_pass(integration=integration)
+    assert report.counts["quarantined"] == 1, report
+    entry = Quarantine.objects.get()
+    assert entry.subject == "Huge scan"
+    assert read_original(entry.original) == big
