@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import IO
@@ -148,6 +148,25 @@ def original_row(stored: StoredOriginal, *, integration_id: int | None) -> Origi
         stored_size=stored.stored_size,
         sha256=stored.sha256,
         received_at=stored.received_at,
+    )
+
+
+def original_rows(
+    stored: Sequence[StoredOriginal], *, integration_id: int | None
+) -> list[Original]:
+    """Rows of many originals at once (one INSERT: a chunk's emails, bench row 1)."""
+    return Original.objects.bulk_create(
+        [
+            Original(
+                integration_id=integration_id,
+                file=each.name,
+                size=each.size,
+                stored_size=each.stored_size,
+                sha256=each.sha256,
+                received_at=each.received_at,
+            )
+            for each in stored
+        ]
     )
 
 

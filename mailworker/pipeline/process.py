@@ -53,7 +53,7 @@ from mailworker.pipeline.lookups import (
 from mailworker.pipeline.parse_ahead import Parsed, parse
 from records.email_rules import NO_RULES, RuleOutcome
 from records.models import Original, ProcessedEmail, Quarantine
-from records.originals import original_row, store_file
+from records.originals import original_rows, store_file
 
 logger = logging.getLogger(__name__)
 Outcome = ProcessedEmail.Outcome
@@ -301,6 +301,7 @@ def process_chunk(
         for index, item in enumerate(parsed)
     ]
     position = 0
+    originals: dict[int, Original] = {}
     while position < len(emails):
         results: list[ProcessResult] = []
         deadline = time.monotonic() + max_seconds
@@ -308,6 +309,19 @@ def process_chunk(
             chunk = chunk_lookups(
                 parsed[position : position + max_emails], desk_addresses=lookups.desk_addresses
             )
+            # The rows of the originals this transaction may reach, in one INSERT; rows of
+            # emails it does not reach (its time ran out) commit with it and serve the next.
+            todo = [
+                index
+                for index in range(position, min(len(emails), position + max_emails))
+                if index not in originals
+                and keys[index] not in done
+                and parsed[index].stored is not None
+            ]
+            rows = original_rows(
+                [parsed[index].stored for index in todo], integration_id=integration.pk
+            )
+            originals.update(zip(todo, rows, strict=True))
             for index in range(position, len(emails)):
                 key = keys[index]
                 if key in done:
@@ -323,6 +337,7 @@ def process_chunk(
                             chunk,
                             rule_outcome=outcomes[index],
                             flood_released=flood_released,
+                            original=originals.get(index),
                         )
                     )
                     done.add(key)  # the same bytes twice in one chunk: the second is done
@@ -408,16 +423,14 @@ def _process_one(
     *,
     rule_outcome: RuleOutcome | None = None,
     flood_released: bool = False,
+    original: Original | None = None,
 ) -> ProcessResult:
-    """One email in its own savepoint of the caller's transaction. Its original's row is
-    written first, in the caller's transaction (outside the savepoint: an email that fails is
-    quarantined with it)."""
+    """One email in its own savepoint of the caller's transaction. `original`: the row of its
+    original, written in the caller's transaction before the savepoint (an email that fails
+    is quarantined with it)."""
     raw, oversized_limit = item.raw, item.oversized_limit
     email = parsed.email
-    original: Original | None = None
-    if parsed.stored is not None:
-        original = original_row(parsed.stored, integration_id=integration.pk)
-    elif item.original_id is not None:
+    if original is None and item.original_id is not None:
         original = Original.objects.filter(pk=item.original_id).first()
     if email is None:
         return _quarantine_after_error(
