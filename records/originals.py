@@ -26,7 +26,6 @@ import hashlib
 import itertools
 import logging
 import os
-import shutil
 import tempfile
 import uuid
 import zlib
@@ -232,14 +231,6 @@ def original_response(original: Original, *, filename: str) -> StreamingHttpResp
 
 def decompress(data: bytes) -> bytes:
     return zlib.decompress(data, wbits=31)
-
-
-def spool(stream: IO[bytes]) -> str:
-    """Copy a stream to a temporary file (for adapters); returns its path."""
-    handle, path = tempfile.mkstemp(prefix="sd-original-", suffix=".eml")
-    with os.fdopen(handle, "wb") as target:
-        shutil.copyfileobj(stream, target, STREAM_CHUNK)
-    return path
 
 
 # Retention ---------------------------------------------------------------------------------
