@@ -29,6 +29,9 @@ class FetchmailRun:
     pass_seconds: float  # the pass as fetchmail reports it: connect to empty mailbox
     peak_rss_bytes: int  # of the fetchmail process (wait4's ru_maxrss)
     output: str
+    # CPU seconds (user + system) of the command and the processes it reaped (the parse-ahead
+    # process): unlike wall time, hardly moved by other load on a shared machine.
+    cpu_seconds: float = 0.0
 
 
 @dataclass
@@ -110,6 +113,7 @@ class Bench:
             pass_seconds=float(found.group(1)) if found else wall,
             peak_rss_bytes=usage.ru_maxrss * 1024,
             output=output,
+            cpu_seconds=usage.ru_utime + usage.ru_stime,
         )
 
 

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from django.db import transaction
-from django.db.models import Count, Max, Min, QuerySet
+from django.db.models import Count, Max, Min, Q, QuerySet
 
 from integrations.models import EmailIntegration
 from integrations.services import addresses_read_by_incoming_integrations
@@ -30,6 +30,15 @@ class CannotReprocess(Exception):
     """The quarantined email cannot go through the pipeline again (its integration is gone)."""
 
 
+def _forget_log_rows(entry: Quarantine, raw: bytes) -> None:
+    """The email's row of the incoming log goes with its quarantine entry: the pipeline writes
+    the new one. Found by its link (a Graph email's marker is keyed on its id, not its bytes)
+    and by the bytes' key (rows written before the log linked its quarantine entries)."""
+    ProcessedEmail.objects.filter(
+        Q(key=marker_key(raw)) | Q(quarantine=entry), integration=entry.integration
+    ).delete()
+
+
 def reprocess_quarantined(*, entry: Quarantine) -> ProcessResult:
     """Run a quarantined email through the pipeline again, e.g. after a fix or a rule change.
 
@@ -42,9 +51,14 @@ def reprocess_quarantined(*, entry: Quarantine) -> ProcessResult:
     desk_addresses = frozenset(addresses_read_by_incoming_integrations())
     with transaction.atomic():
         newest = _newest_message_id()
-        ProcessedEmail.objects.filter(integration=entry.integration, key=marker_key(raw)).delete()
+        _forget_log_rows(entry, raw)
         entry.delete()
-        result = process_raw(integration=entry.integration, raw=raw, desk_addresses=desk_addresses)
+        result = process_raw(
+            integration=entry.integration,
+            raw=raw,
+            desk_addresses=desk_addresses,
+            original_id=entry.original_id,
+        )
         _keep_arrival_time(entry, result, newest)
         return result
 
@@ -60,11 +74,11 @@ def create_record_anyway(*, entry: Quarantine) -> ProcessResult:
     lookups = load_pass_lookups(integration=integration)
     with transaction.atomic():
         newest = _newest_message_id()
-        ProcessedEmail.objects.filter(integration=integration, key=marker_key(raw)).delete()
+        _forget_log_rows(entry, raw)
         entry.delete()
         (results,) = process_chunk(
             integration=integration,
-            emails=[RawEmail(raw)],
+            emails=[RawEmail(raw, original_id=entry.original_id)],
             lookups=lookups,
             flood_released=bool(entry.flood_key),
             create_anyway=True,
@@ -84,7 +98,7 @@ def add_to_record(*, entry: Quarantine, record: ServiceRecord) -> ProcessResult:
     lookups = load_pass_lookups(integration=integration)
     with transaction.atomic():
         newest = _newest_message_id()
-        ProcessedEmail.objects.filter(integration=integration, key=marker_key(raw)).delete()
+        _forget_log_rows(entry, raw)
         entry.delete()
         try:
             result = append_to_record(
@@ -207,12 +221,16 @@ def _release_group(
 ) -> None:
     raws = [bytes(entry.raw_email) for entry in entries]
     ProcessedEmail.objects.filter(
-        integration=integration, key__in=[marker_key(raw) for raw in raws]
+        Q(key__in=[marker_key(raw) for raw in raws]) | Q(quarantine__in=entries),
+        integration=integration,
     ).delete()
     Quarantine.objects.filter(pk__in=[entry.pk for entry in entries]).delete()
     for results in process_chunk(
         integration=integration,
-        emails=[RawEmail(raw) for raw in raws],
+        emails=[
+            RawEmail(raw, original_id=entry.original_id)
+            for raw, entry in zip(raws, entries, strict=True)
+        ],
         lookups=lookups,
         max_emails=len(raws),
         flood_released=True,

@@ -8,6 +8,7 @@ from mailworker import graph_subscriptions
 from mailworker.delivery import send_due
 from mailworker.scheduling import due_integration_ids, poll_integration_now
 from mailworker.services import record_worker_heartbeat
+from records.originals import delete_expired
 from records.services import escalate_overdue_records
 
 
@@ -70,3 +71,10 @@ def keep_graph_subscription(
 ) -> None:
     """One integration's subscription: after a save, or when Graph asked (lifecycle)."""
     graph_subscriptions.keep_one(integration_id=integration_id, renew=renew, recreate=recreate)
+
+
+@shared_task(name="mailworker.tasks.delete_expired_originals", ignore_result=True, acks_late=False)
+def delete_expired_originals() -> dict[str, int]:
+    """Beat, daily: originals (files and rows) and incoming email log rows older than the
+    retention period of Settings > Desk settings (records/originals.py)."""
+    return delete_expired()

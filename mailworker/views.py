@@ -23,6 +23,7 @@ from mailworker.quarantine import (
     reprocess_quarantined,
 )
 from records.models import Quarantine, ServiceRecord
+from records.originals import original_response
 
 
 class QuarantineListView(StaffPermissionRequiredMixin, ListView):
@@ -58,7 +59,11 @@ class QuarantineDownloadView(StaffPermissionRequiredMixin, View):
     permission_required = "records.view_quarantine"
 
     def get(self, request: HttpRequest, pk: int) -> HttpResponse:
-        entry = get_object_or_404(Quarantine, pk=pk)
+        entry = get_object_or_404(Quarantine.objects.select_related("original"), pk=pk)
+        if entry.original is not None:
+            # The whole email as it arrived (raw_email may hold only the headers of an
+            # email over the size limit).
+            return original_response(entry.original, filename=download_filename(entry))
         response = HttpResponse(bytes(entry.raw_email), content_type="message/rfc822")
         response["Content-Disposition"] = f'attachment; filename="{download_filename(entry)}"'
         return response

@@ -8,7 +8,7 @@ from django import forms
 
 from integrations.models import EmailIntegration
 from records import selectors
-from records.models import Priority, ServiceRecord, Status, User
+from records.models import DeskSettings, Priority, ServiceRecord, Status, User
 
 UNASSIGNED = "none"
 
@@ -111,3 +111,16 @@ class RecordDetailsForm(forms.Form):
         if record.assigned_admin_id:
             agents = agents | User.objects.filter(pk=record.assigned_admin_id)
         self.fields["assigned_admin"].queryset = agents
+
+
+class DeskSettingsForm(forms.ModelForm):
+    originals_retention_days = forms.IntegerField(
+        label="Keep originals and the incoming email log for (days)",
+        min_value=1,
+        max_value=3650,
+        help_text="1 to 3650 days. A daily task deletes older originals and incoming log rows.",
+    )
+
+    class Meta:
+        model = DeskSettings
+        fields = ["originals_retention_days"]

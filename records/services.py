@@ -15,7 +15,15 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from records import signals
-from records.models import Attachment, Direction, Message, ServiceRecord, Status, User
+from records.models import (
+    Attachment,
+    Direction,
+    Message,
+    Original,
+    ServiceRecord,
+    Status,
+    User,
+)
 from servicedesk.control_characters import without_control_characters
 
 if TYPE_CHECKING:
@@ -166,6 +174,8 @@ def add_message(
     sender_verified: bool | None = None,
     authentication: str = "",
     is_internal: bool = False,
+    original: Original | None = None,
+    defects: list[str] | None = None,
 ) -> Message:
     """An entry in the record's message log; touching the record moves it up the lists
     (`touch_record=False` for the first message of a record created just now)."""
@@ -188,6 +198,8 @@ def add_message(
         sender_verified=sender_verified,
         authentication=authentication[:500],
         is_internal=is_internal,
+        original=original,
+        defects=defects or [],
     )
     if touch_record:
         ServiceRecord.objects.filter(pk=record.pk).update(updated_at=timezone.now())
@@ -224,6 +236,8 @@ def record_email_received(
     acknowledge: bool = True,
     author: User | None = None,
     internal: bool = False,
+    original: Original | None = None,
+    defects: list[str] | None = None,
 ) -> Message:
     """An incoming email in the record's message log, with its attachments, and its event:
 
@@ -258,6 +272,8 @@ def record_email_received(
         sender_verified=sender_verified,
         authentication=authentication,
         is_internal=internal,
+        original=original,
+        defects=defects,
     )
     for part in attachments:
         add_attachment(

@@ -9,4 +9,5 @@ urlpatterns = [
     path("<int:pk>/reply/", views.RecordReplyView.as_view(), name="reply"),
     path("<int:pk>/details/", views.RecordDetailsView.as_view(), name="details"),
     path("attachments/<int:pk>/", views.AttachmentDownloadView.as_view(), name="attachment"),
+    path("messages/<int:pk>/original/", views.MessageOriginalView.as_view(), name="original"),
 ]

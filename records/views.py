@@ -15,8 +15,9 @@ from django.views import View
 
 from integrations.views import StaffPermissionRequiredMixin
 from records import selectors
-from records.forms import RecordDetailsForm, RecordSearchForm, ReplyForm
-from records.models import Attachment, ServiceRecord
+from records.forms import DeskSettingsForm, RecordDetailsForm, RecordSearchForm, ReplyForm
+from records.models import Attachment, DeskSettings, Direction, Message, ServiceRecord
+from records.originals import original_response
 from records.services import DETAIL_LABELS, change_record_details, post_agent_reply
 
 RECORDS_PER_PAGE = 50
@@ -141,3 +142,41 @@ class AttachmentDownloadView(StaffPermissionRequiredMixin, View):
         # Even if a browser were to render it, it could run nothing and load nothing.
         response["Content-Security-Policy"] = "default-src 'none'; sandbox"
         return response
+
+
+class MessageOriginalView(StaffPermissionRequiredMixin, View):
+    """ "Show original": an incoming message's email exactly as it arrived (.eml), while the
+    retention period keeps it."""
+
+    permission_required = "records.view_servicerecord"
+
+    def get(self, request: HttpRequest, pk: int) -> HttpResponse:
+        message = get_object_or_404(
+            Message.objects.select_related("original"), pk=pk, direction=Direction.INCOMING
+        )
+        if message.original is None:
+            raise Http404("The original of this email is no longer kept.")
+        return original_response(
+            message.original, filename=f"record-{message.record_id}-message-{message.pk}.eml"
+        )
+
+
+class DeskSettingsView(StaffPermissionRequiredMixin, View):
+    """Settings > Desk settings: how long originals and the incoming email log are kept."""
+
+    def get_permission_required(self) -> tuple[str, ...]:
+        if self.request.method == "POST":
+            return ("records.change_desksettings",)
+        return ("records.view_desksettings",)
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        form = DeskSettingsForm(instance=DeskSettings.current())
+        return render(request, "records/desk_settings.html", {"form": form})
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        form = DeskSettingsForm(request.POST, instance=DeskSettings.current())
+        if not form.is_valid():
+            return render(request, "records/desk_settings.html", {"form": form}, status=400)
+        form.save()
+        messages.success(request, "Desk settings saved.")
+        return redirect("desk-settings")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from celery import Celery
 from celery.beat import PersistentScheduler
+from celery.schedules import crontab
 from celery.signals import celeryd_init
 
 from servicedesk.configuration import PRIVATE_FILE_MODE, keep_new_files_private
@@ -68,4 +69,9 @@ def schedule_periodic_tasks(sender: Celery, **_kwargs: object) -> None:
         float(settings.GRAPH_SUBSCRIPTIONS_CHECK_SECONDS),
         sender.signature("mailworker.tasks.keep_graph_subscriptions"),
         name="keep Microsoft Graph subscriptions (push)",
+    )
+    sender.add_periodic_task(
+        crontab(hour=3, minute=17),
+        sender.signature("mailworker.tasks.delete_expired_originals"),
+        name="delete originals and incoming log rows past the retention period (daily)",
     )

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from mailworker import views_graph
+from records.views import DeskSettingsView
 from servicedesk import health, views
 
 urlpatterns = [
@@ -11,6 +12,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("settings/email/", include("integrations.urls")),
+    path("settings/desk/", DeskSettingsView.as_view(), name="desk-settings"),
     path("settings/email/<int:pk>/test/", include("mailworker.urls_tests")),
     path("quarantine/", include("mailworker.urls")),
     path("incoming/", include("mailworker.urls_incoming_log")),

@@ -45,7 +45,9 @@ def _staff_who_hears_of_new_records() -> None:
 
 
 def ingest_and_limit(bench) -> list[Row]:
-    from records.models import Message, ServiceRecord
+    from django.db.models import Count, Sum
+
+    from records.models import Message, Original, ServiceRecord
 
     count = bench.options.emails
     _staff_who_hears_of_new_records()
@@ -82,10 +84,15 @@ def ingest_and_limit(bench) -> list[Row]:
         )
     rate = count / run.pass_seconds
     limit = count / bare_seconds
+    # The originals the pass kept (one per email): bytes as they arrived and in storage.
+    kept = Original.objects.aggregate(files=Count("pk"), raw=Sum("size"), stored=Sum("stored_size"))
     rows = [
         Row(
             name=f"1. Ingest {count} emails, one fetchmail pass",
-            result=f"{rate:.0f} emails/s ({run.pass_seconds:.2f} s)",
+            result=(
+                f"{rate:.0f} emails/s ({run.pass_seconds:.2f} s; "
+                f"{run.cpu_seconds * 1000 / count:.2f} ms CPU/email)"
+            ),
             target=f">= {INGEST_TARGET:.0f} emails/s",
             met=rate >= INGEST_TARGET,
             details={
@@ -94,6 +101,8 @@ def ingest_and_limit(bench) -> list[Row]:
                 "pass_seconds": run.pass_seconds,
                 "command_seconds": run.wall_seconds,
                 "emails_per_second": rate,
+                "cpu_seconds": run.cpu_seconds,
+                "originals": kept,
                 "fetchmail_output": run.output.strip()[-500:],
             },
         )
@@ -107,6 +116,17 @@ def ingest_and_limit(bench) -> list[Row]:
             )
         )
     ratio = rate / limit
+    if bench.primary and kept["files"]:
+        rows.append(
+            Row(
+                name="   Originals kept (stored / as arrived)",
+                result=(
+                    f"{kept['files']} files, {kept['stored'] / 1e6:.1f} MB of "
+                    f"{kept['raw'] / 1e6:.1f} MB ({kept['stored'] / kept['raw']:.0%})"
+                ),
+                details=kept,
+            )
+        )
     rows.append(
         Row(
             name="   Ingest / limit",

@@ -16,6 +16,10 @@ MiB = 1024 * 1024
 
 
 def peak_rss(bench) -> list[Row]:
+    from django.db.models import Count, Sum
+
+    from records.models import Original
+
     if not bench.primary:
         return []
     counts = [int(each) for each in bench.options.memory_emails.split(",")]
@@ -34,9 +38,13 @@ def peak_rss(bench) -> list[Row]:
         if left:
             raise RuntimeError(f"{left} large emails left in the mailbox:\n{run.output[-2000:]}")
         peaks[count] = run.peak_rss_bytes / MiB
+        kept = Original.objects.filter(integration=integration).aggregate(
+            files=Count("pk"), raw=Sum("size"), stored=Sum("stored_size")
+        )
         details[f"emails_{count}"] = {
             "peak_rss_mb": peaks[count],
             "pass_seconds": run.pass_seconds,
+            "originals": kept,
         }
         # Gigabytes of attachments: not kept once measured.
         shutil.rmtree(Path(settings.MEDIA_ROOT), ignore_errors=True)

@@ -25,7 +25,8 @@ class FetchedMessage:
     """One message as the server gave it.
 
     `uid` is stable across sessions (IMAP UID with UIDVALIDITY, POP3 UIDL). When the message
-    is larger than the limit, `raw` holds only its header block and `oversized` is True.
+    is larger than the limit, `raw` holds only its header block and `oversized` is True, and
+    `original_path` names a temporary file with the whole message.
 
     `identity`: for a server that makes the bytes anew on each fetch (Exchange keeps no MIME
     and writes it when asked, so a re-fetch may differ in a boundary or a date), a name of
@@ -39,6 +40,10 @@ class FetchedMessage:
     size: int
     oversized: bool = False
     identity: str = ""
+    # An oversized message: the whole of it, fetched a piece at a time into this temporary
+    # file (the pipeline streams it to storage as the original, then removes it). "" when
+    # the adapter could not (then only the header block is kept, and the quarantine says so).
+    original_path: str = ""
 
 
 class MailboxError(TransportError):

@@ -16,7 +16,10 @@ the order the delta listed them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -308,28 +311,38 @@ class GraphMailbox(Mailbox):
             )
 
     def _headers_only(self, message_id: str, response, size: int, start: bytes) -> FetchedMessage:
-        """Read no further than the blank line that ends the headers; the connection is
-        dropped with the rest of the body."""
+        """An oversized message: its header block for the pipeline to parse, and the whole of
+        it streamed into a temporary file (`original_path`), a chunk at a time, which the
+        pipeline stores as the email's original and then removes."""
         block = bytearray(start)
-        chunks = response.iter_content(READ_CHUNK_BYTES)
-        while True:
-            end = _header_end(block)
-            if end is not None:
-                block = block[:end]
-                break
-            if len(block) >= MAX_HEADER_BYTES:
-                block = block[:MAX_HEADER_BYTES]
-                break
-            chunk = next(chunks, b"")
-            if not chunk:
-                break
-            block += chunk
+        header_done = False
+        written = 0
+        handle, path = tempfile.mkstemp(prefix="sd-graph-", suffix=".eml")
+        try:
+            with os.fdopen(handle, "wb") as target:
+                target.write(start)
+                written += len(start)
+                for chunk in response.iter_content(READ_CHUNK_BYTES):
+                    target.write(chunk)
+                    written += len(chunk)
+                    if not header_done:
+                        block += chunk
+                        header_done = _header_end(block) is not None or (
+                            len(block) >= MAX_HEADER_BYTES
+                        )
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        end = _header_end(block)
+        block = block[:end] if end is not None else block[:MAX_HEADER_BYTES]
         return FetchedMessage(
             uid=message_id,
             raw=bytes(block),
-            size=size,
+            size=max(size, written),
             oversized=True,
             identity=self._identity(message_id),
+            original_path=path,
         )
 
     def _identity(self, message_id: str) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import logging
+import os
 import ssl
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -207,6 +210,7 @@ class ImapMailbox(Mailbox):
                     raw=bytes(raw),
                     size=sizes[uid],
                     oversized=oversized,
+                    original_path=_spool_whole(client, uid, sizes[uid]) if oversized else "",
                 )
             )
         return messages
@@ -287,6 +291,37 @@ class ImapMailbox(Mailbox):
             if isinstance(exc, imaplib.IMAP4.abort):
                 kind = TransportErrorKind.CONNECTION_LOST
             raise MailboxError(message, kind=kind) from exc
+
+
+# An oversized message is fetched this many bytes at a time (partial FETCH, RFC 3501
+# BODY.PEEK[]<offset.length>) into a temporary file: memory holds one piece, whatever its size.
+PIECE_BYTES = 4 * 1024 * 1024
+
+
+def _spool_whole(client: IMAPClient, uid: int, size: int) -> str:
+    """The whole of an oversized message in a temporary file (its path), a piece at a time.
+    The pipeline stores it as the email's original and removes the file."""
+    handle, path = tempfile.mkstemp(prefix="sd-imap-", suffix=".eml")
+    try:
+        with os.fdopen(handle, "wb") as target:
+            offset = 0
+            while True:
+                fetched = client.fetch([uid], [f"BODY.PEEK[]<{offset}.{PIECE_BYTES}>"])
+                item = fetched.get(uid) or {}
+                piece = next(
+                    (value for key, value in item.items() if key.startswith(b"BODY[]")), None
+                )
+                if not piece:
+                    break
+                target.write(piece)
+                offset += len(piece)
+                if len(piece) < PIECE_BYTES:
+                    break
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return path
 
 
 def _sizes(client: IMAPClient, uids: list[int]) -> dict[int, int]:

@@ -8,9 +8,12 @@ twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import poplib
 import ssl
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -184,7 +187,17 @@ class Pop3Mailbox(Mailbox):
                 lines = connection.top(number, 0)[1] if oversized else connection.retr(number)[1]
             # poplib has already undone dot-stuffing and removed the terminating ".".
             raw = b"".join(line + CRLF for line in lines)
-            yield FetchedMessage(uid=ids[number], raw=raw, size=size, oversized=oversized)
+            original_path = ""
+            if oversized:
+                with self._failures(f"reading message {number} whole"):
+                    original_path = _spool_retr(connection, number)
+            yield FetchedMessage(
+                uid=ids[number],
+                raw=raw,
+                size=size,
+                oversized=oversized,
+                original_path=original_path,
+            )
 
     def count(self) -> int:
         """STAT: the number of messages in the maildrop, without listing them."""
@@ -252,6 +265,29 @@ class Pop3Mailbox(Mailbox):
                 describe_connection_error(exc, host=self.host, port=self.port, action=action),
                 kind=kind_of_os_error(exc),
             ) from exc
+
+
+def _spool_retr(connection: poplib.POP3, number: int) -> str:
+    """RETR an oversized message line by line into a temporary file (its path): memory holds
+    one line. Dot-stuffing is undone as poplib does; the pipeline stores the file as the
+    email's original and removes it."""
+    handle, path = tempfile.mkstemp(prefix="sd-pop3-", suffix=".eml")
+    try:
+        with os.fdopen(handle, "wb") as target:
+            connection._putcmd(f"RETR {number}")  # noqa: SLF001 - poplib has no streaming RETR
+            connection._getresp()  # noqa: SLF001 - raises error_proto on -ERR
+            while True:
+                line, _octets = connection._getline()  # noqa: SLF001
+                if line == b".":
+                    break
+                if line.startswith(b".."):
+                    line = line[1:]
+                target.write(line + CRLF)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return path
 
 
 def _numbered(lines: list[bytes]) -> dict[int, str]:

@@ -98,6 +98,8 @@ def log_email(
         acknowledge=may_acknowledge_sender(ctx),
         author=author,
         internal=internal,
+        original=ctx.original,
+        defects=ctx.defects,
     )
 
 

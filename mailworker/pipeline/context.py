@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from integrations.models import EmailIntegration
 from mailworker.inbound import InboundEmail
 from records.email_rules import RuleOutcome
-from records.models import ServiceRecord
+from records.models import Original, ServiceRecord
 
 if TYPE_CHECKING:
     from mailworker.pipeline.lookups import ChunkLookups, PassLookups
@@ -99,6 +99,10 @@ class EmailContext:
     # quarantine go on instead (filters.run_filters), so it opens a record (or joins the one
     # it names) unless it is ignored outright.
     create_anyway: bool = False
+    # The email as it arrived (records/originals.py), and what the parser noted or a limit
+    # cut, in words for the record page ("3 attachments not shown: see the original").
+    original: Original | None = None
+    defects: list[str] = field(default_factory=list)
 
     @property
     def is_automatic(self) -> bool:

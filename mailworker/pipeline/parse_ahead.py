@@ -32,6 +32,7 @@ from django.conf import settings
 
 from mailworker.inbound import InboundEmail
 from mailworker.parsing import parse_email
+from records.originals import StoredOriginal, store_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +44,33 @@ class Parsed:
 
     email: InboundEmail | None
     failure: str = ""
+    # The original, compressed and written to storage here (beside the previous chunk's
+    # writes); its row is created in the email's transaction (records/originals.py).
+    stored: StoredOriginal | None = None
+    store_failure: str = ""
 
 
-def parse(raw: bytes) -> Parsed:
+def parse(raw: bytes, *, keep_original: bool = True) -> Parsed:
+    stored, store_failure = None, ""
+    if keep_original:
+        try:
+            stored = store_bytes(raw)
+        except Exception:  # storage full or unwritable: the email is not acked (process.py)
+            store_failure = traceback.format_exc(limit=8)
     try:
-        return Parsed(parse_email(raw))
+        return Parsed(parse_email(raw), stored=stored, store_failure=store_failure)
     except Exception:  # the email is quarantined with this traceback, never dropped
-        return Parsed(None, traceback.format_exc(limit=8))
+        return Parsed(
+            None, traceback.format_exc(limit=8), stored=stored, store_failure=store_failure
+        )
 
 
-def parse_all(raws: Sequence[bytes]) -> list[Parsed]:
-    return [parse(raw) for raw in raws]
+def parse_all(raws: Sequence[bytes], keep: Sequence[bool] | None = None) -> list[Parsed]:
+    """`keep`: whether to store each email's original (not for the header block of an email
+    over the size limit: its whole original is streamed to storage by the pass)."""
+    if keep is None:
+        return [parse(raw) for raw in raws]
+    return [parse(raw, keep_original=each) for raw, each in zip(raws, keep, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,7 @@ class Parsing:
 
     raws: list[bytes]
     future: Future
+    keep: list[bool] | None = None
 
 
 def _done(value: list[Parsed]) -> Future:
@@ -107,15 +125,15 @@ class Parser:
     def __init__(self, pool: ProcessPoolExecutor | None) -> None:
         self.pool = pool
 
-    def submit(self, raws: list[bytes]) -> Parsing:
+    def submit(self, raws: list[bytes], keep: list[bool] | None = None) -> Parsing:
         if self.pool is not None:
             try:
                 with _children_allowed():  # the pool starts its process on a submit
-                    return Parsing(raws, self.pool.submit(parse_all, raws))
+                    return Parsing(raws, self.pool.submit(parse_all, raws, keep), keep)
             except Exception:  # the process died or could not start: parse here from now on
                 logger.warning("parsing in a second process failed; parsing here", exc_info=True)
                 self.pool = None
-        return Parsing(raws, _done(parse_all(raws)))
+        return Parsing(raws, _done(parse_all(raws, keep)), keep)
 
     def result(self, parsing: Parsing) -> list[Parsed]:
         try:
@@ -123,7 +141,7 @@ class Parser:
         except Exception:  # BrokenProcessPool (the child was killed), pickling: parse here
             logger.warning("parsing in a second process failed; parsing here", exc_info=True)
             self.pool = None
-            return parse_all(parsing.raws)
+            return parse_all(parsing.raws, parsing.keep)
 
 
 def parse_processes() -> int:

@@ -130,6 +130,7 @@ def drain_mailbox(
                 limit if message.oversized else None,
                 message.identity,
                 size=message.size,
+                original_path=message.original_path,
             )
             for message in chunk
         ]
@@ -153,6 +154,9 @@ def drain_mailbox(
                 fetched += len(chunk)
                 anything_new = anything_new or any(message.uid not in seen for message in chunk)
                 raws = [message.raw for message in chunk]
+                # The original of each email is stored as it is parsed; an email over the
+                # size limit has its whole original streamed to storage by process_chunk.
+                keep = [not message.original_path for message in chunk]
                 if sum(map(len, raws)) >= PARSE_AHEAD_MAX_BYTES:
                     # Large emails: one chunk at a time, parsed here. Parsing ahead would hold
                     # a second copy of each (sent to the other process and back), and their
@@ -160,9 +164,9 @@ def drain_mailbox(
                     if waiting is not None:
                         write(waiting[0], parser.result(waiting[1]))
                         waiting = None
-                    write(chunk, parse_ahead.parse_all(raws))
+                    write(chunk, parse_ahead.parse_all(raws, keep))
                 else:
-                    parsing = parser.submit(raws)
+                    parsing = parser.submit(raws, keep)
                     if waiting is not None:
                         write(waiting[0], parser.result(waiting[1]))
                     waiting = (chunk, parsing)

@@ -10,8 +10,10 @@ rolls back, nothing of it is acked, and its emails stay in the mailbox for the n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -32,6 +34,7 @@ from mailworker.outbound.queue import (
 )
 from mailworker.pipeline.apply import apply_email, evaluate_rules_for, queue_forward_of_ignored
 from mailworker.pipeline.context import EmailContext, Verdict
+from mailworker.pipeline.defects import readable_defects
 from mailworker.pipeline.filters import run_filters
 from mailworker.pipeline.filters.duplicate_guard import fingerprint
 from mailworker.pipeline.flood_counts import (
@@ -49,7 +52,8 @@ from mailworker.pipeline.lookups import (
 )
 from mailworker.pipeline.parse_ahead import Parsed, parse
 from records.email_rules import NO_RULES, RuleOutcome
-from records.models import ProcessedEmail, Quarantine, ServiceRecord
+from records.models import Original, ProcessedEmail, Quarantine, ServiceRecord
+from records.originals import original_rows, store_file
 
 logger = logging.getLogger(__name__)
 Outcome = ProcessedEmail.Outcome
@@ -107,10 +111,13 @@ def _mark(
     reason: str = "",
     quarantine: Quarantine | None = None,
     duplicate_of_id: int | None = None,
+    original: Original | None = None,
 ) -> ProcessedEmail:
     """The processed marker, which is also the email's row of the incoming email log: every
     field comes from what the pipeline has at hand, so the log costs no query of its own."""
     email = ctx_or_email.email if isinstance(ctx_or_email, EmailContext) else ctx_or_email
+    if original is None and isinstance(ctx_or_email, EmailContext):
+        original = ctx_or_email.original
     return ProcessedEmail.objects.create(
         integration=integration,
         key=key,
@@ -124,6 +131,7 @@ def _mark(
         reason=reason[:10_000],
         quarantine=quarantine,
         duplicate_of_id=duplicate_of_id,
+        original=original,
     )
 
 
@@ -153,6 +161,7 @@ def _quarantine(
     key: str,
     size: int,
     flood_key: str = "",
+    original: Original | None = None,
 ) -> ProcessResult:
     entry = Quarantine.objects.create(
         integration=integration,
@@ -162,6 +171,7 @@ def _quarantine(
         subject=(email.subject if email else "")[:998],
         message_id=(email.message_id if email else "")[:998],
         flood_key=flood_key[:400],
+        original=original,
     )
     outcome = Outcome.FLOOD if flood_key else Outcome.QUARANTINED
     _mark(
@@ -172,6 +182,7 @@ def _quarantine(
         size=size,
         reason=reason,
         quarantine=entry,
+        original=original,
     )
     return ProcessResult(Outcome.QUARANTINED, reason=reason)
 
@@ -208,6 +219,7 @@ def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str, size: int) 
             email=ctx.email,
             key=key,
             size=size,
+            original=ctx.original,
         )
     outcome = VERDICT_OUTCOMES.get(verdict.action, Outcome.IGNORED)
     if outcome in FORWARDED_OUTCOMES:
@@ -254,6 +266,7 @@ def _hold_flood(ctx: EmailContext, *, reason: str, key: str, size: int) -> Proce
         key=key,
         size=size,
         flood_key=flood_key,
+        original=ctx.original,
     )
     if ctx.chunk is not None:
         ctx.chunk.note_flood_held(flood_key)
@@ -297,6 +310,22 @@ class RawEmail:
     def fetched_size(self) -> int:
         return max(self.size, len(self.raw))
 
+    # An email over the size limit: the whole of it, in a temporary file the adapter wrote a
+    # piece at a time; streamed to storage as its original, then removed.
+    original_path: str = ""
+    # The original is kept already (reprocessing a quarantined email): link it, store none.
+    original_id: int | None = None
+
+    @property
+    def stores_original(self) -> bool:
+        """Whether parsing stores `raw` as the original (else: the whole file, or none)."""
+        return not self.original_path and self.original_id is None
+
+
+class OriginalNotStored(RuntimeError):
+    """The storage of originals refused a file: nothing of the chunk is acked, its emails
+    stay in the mailbox for the next pass (never acked without their original)."""
+
 
 # A chunk commits after this many emails or this long, whichever comes first: a shared
 # transaction saves a commit per email, and a bounded one keeps SQLite's single writer lock
@@ -311,13 +340,17 @@ def process_raw(
     raw: bytes,
     desk_addresses: frozenset[str],
     oversized_limit: int | None = None,
+    original_id: int | None = None,
 ) -> ProcessResult:
     """Process one email in its own transaction (`ingest_email`, reprocessing from the
     quarantine). `oversized_limit` set means `raw` holds only the headers of an email
-    larger than that many bytes: it is quarantined and the sender told."""
+    larger than that many bytes: it is quarantined and the sender told. `original_id`: the
+    email's original is kept already (a quarantine entry's): linked, not stored again."""
     lookups = load_pass_lookups(integration=integration, desk_addresses=desk_addresses)
     (committed,) = process_chunk(
-        integration=integration, emails=[RawEmail(raw, oversized_limit)], lookups=lookups
+        integration=integration,
+        emails=[RawEmail(raw, oversized_limit, original_id=original_id)],
+        lookups=lookups,
     )
     return committed[0]
 
@@ -387,12 +420,14 @@ def process_chunk(
     if parsed is None:
         # Parsed before any transaction opens: it needs no database, and the chunk's senders
         # and fingerprints are then looked up with one query each.
-        parsed = [parse(email.raw) for email in emails]
+        parsed = [parse(email.raw, keep_original=email.stores_original) for email in emails]
+    parsed = stored_originals(emails, parsed)
     outcomes = [
         None if keys[index] in done else rule_outcome_of(integration, item, lookups)
         for index, item in enumerate(parsed)
     ]
     position = 0
+    originals: dict[int, Original] = {}
     while position < len(emails):
         results: list[ProcessResult] = []
         deadline = time.monotonic() + max_seconds
@@ -400,6 +435,19 @@ def process_chunk(
             chunk = chunk_lookups(
                 parsed[position : position + max_emails], desk_addresses=lookups.desk_addresses
             )
+            # The rows of the originals this transaction may reach, in one INSERT; rows of
+            # emails it does not reach (its time ran out) commit with it and serve the next.
+            todo = [
+                index
+                for index in range(position, min(len(emails), position + max_emails))
+                if index not in originals
+                and keys[index] not in done
+                and parsed[index].stored is not None
+            ]
+            rows = original_rows(
+                [parsed[index].stored for index in todo], integration_id=integration.pk
+            )
+            originals.update(zip(todo, rows, strict=True))
             for index in range(position, len(emails)):
                 key = keys[index]
                 if key in done:
@@ -416,6 +464,7 @@ def process_chunk(
                             rule_outcome=outcomes[index],
                             flood_released=flood_released,
                             create_anyway=create_anyway,
+                            original=originals.get(index),
                         )
                     )
                     done.add(key)  # the same bytes twice in one chunk: the second is done
@@ -423,6 +472,26 @@ def process_chunk(
                     break
         position += len(results)
         yield results
+
+
+def stored_originals(emails: Sequence[RawEmail], parsed: Sequence[Parsed]) -> list[Parsed]:
+    """Every email's original written to storage before its transaction opens: the whole
+    file of an email over the size limit is streamed now (then its temporary file removed).
+    A file that could not be written stops the chunk (OriginalNotStored): nothing acked."""
+    result = list(parsed)
+    for index, email in enumerate(emails):
+        item = result[index]
+        if email.original_path:
+            try:
+                stored = store_file(email.original_path)
+            except OSError as error:
+                raise OriginalNotStored(f"could not store an original: {error}") from error
+            with contextlib.suppress(OSError):
+                os.unlink(email.original_path)
+            result[index] = Parsed(item.email, item.failure, stored=stored)
+        elif item.store_failure:
+            raise OriginalNotStored(f"could not store an original:\n{item.store_failure}")
+    return result
 
 
 def rule_outcome_of(
@@ -482,25 +551,37 @@ def _process_one(
     rule_outcome: RuleOutcome | None = None,
     flood_released: bool = False,
     create_anyway: bool = False,
+    original: Original | None = None,
 ) -> ProcessResult:
-    """One email in its own savepoint of the caller's transaction."""
+    """One email in its own savepoint of the caller's transaction. `original`: the row of its
+    original, written in the caller's transaction before the savepoint (an email that fails
+    is quarantined with it)."""
     raw, oversized_limit, size = item.raw, item.oversized_limit, item.fetched_size
     email = parsed.email
+    if original is None and item.original_id is not None:
+        original = Original.objects.filter(pk=item.original_id).first()
     if email is None:
-        return _quarantine_after_error(integration, raw, None, key, size=size, error=parsed.failure)
+        return _quarantine_after_error(
+            integration, raw, None, key, size=size, error=parsed.failure, original=original
+        )
     outbox_mark = batch_mark()
     try:
         with transaction.atomic():
             if oversized_limit is not None:
                 queue_size_notice(integration=integration, email=email, limit=oversized_limit)
+                kept = (
+                    "kept whole as its original"
+                    if item.original_path and original is not None
+                    else "only its headers were kept"
+                )
                 return _quarantine(
                     integration=integration,
                     raw=raw,
-                    reason=f"larger than the {oversized_limit // (1024 * 1024)} MB limit; "
-                    "only its headers were kept",
+                    reason=f"larger than the {oversized_limit // (1024 * 1024)} MB limit; {kept}",
                     email=email,
                     key=key,
                     size=size,
+                    original=original,
                 )
             ctx = EmailContext(
                 integration=integration,
@@ -512,6 +593,8 @@ def _process_one(
                 rule_outcome=rule_outcome,
                 flood_released=flood_released,
                 create_anyway=create_anyway,
+                original=original,
+                defects=readable_defects(email, raw),
             )
             return _decide(ctx, run_filters(ctx), key=key, size=size)
     except IntegrityError:
@@ -519,12 +602,12 @@ def _process_one(
         # Another worker committed the same email first (the marker is unique): it is done.
         if already_processed(integration=integration, key=key):
             return ProcessResult(ALREADY_PROCESSED)
-        return _quarantine_after_error(integration, raw, email, key, size=size)
+        return _quarantine_after_error(integration, raw, email, key, size=size, original=original)
     except SYSTEM_ERRORS:
         raise
     except Exception:  # the email made something fail: keep it whole and go on
         forget_rolled_back(chunk, outbox_mark)
-        return _quarantine_after_error(integration, raw, email, key, size=size)
+        return _quarantine_after_error(integration, raw, email, key, size=size, original=original)
 
 
 def forget_rolled_back(chunk: ChunkLookups, outbox_mark: int) -> None:
@@ -542,6 +625,7 @@ def _quarantine_after_error(
     *,
     size: int,
     error: str = "",
+    original: Original | None = None,
 ) -> ProcessResult:
     """`error`: the traceback when it was raised elsewhere (parsing, in another process);
     else the one being handled."""
@@ -561,6 +645,7 @@ def _quarantine_after_error(
                 email=email,
                 key=key,
                 size=size,
+                original=original,
             )
     except DatabaseError:
         # Not even the quarantine could be written: leave the email in the mailbox.
