@@ -1030,5 +1030,6 @@ def graph(graph_server: GraphServer, oauth_settings: OAuthServer, settings: Any)
         graph_server.unknown_recipients.clear()
     graph_server.delta_requests.clear()
     graph_server.value_delay = 0.0
+    graph_server.mime_written_anew = False
     graph_server.notify_new_mail = True
     return graph_server
