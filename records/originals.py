@@ -92,6 +92,24 @@ def _name(received_at: datetime) -> str:
     return f"{DIRECTORY}/{received_at:%Y/%m/%d}/{uuid.uuid4().hex}.eml.gz"
 
 
+def _make_private_directories(directory: str) -> None:
+    """Create `directory` and its missing parents with the mode uploads get
+    (FILE_UPLOAD_DIRECTORY_PERMISSIONS, 0700): os.makedirs gives the parents the process's
+    umask, and the storage (under DATA_DIR by default) holds nothing others may read."""
+    mode = settings.FILE_UPLOAD_DIRECTORY_PERMISSIONS or 0o700
+    missing = []
+    current = os.path.abspath(directory)
+    while not os.path.isdir(current) and current != os.path.dirname(current):
+        missing.append(current)
+        current = os.path.dirname(current)
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:  # another process made it meanwhile
+            continue
+        os.chmod(path, mode)  # mkdir's mode is narrowed by the umask, never widened
+
+
 def _save_small(name: str, data: bytes) -> str:
     """Write one small file. On the file system (the default), directly: the name is a new
     UUID, so Storage.save's search for a free name and its copying loop only cost time
@@ -105,7 +123,7 @@ def _save_small(name: str, data: bytes) -> str:
     try:
         descriptor = os.open(path, _NEW_FILE, mode)
     except FileNotFoundError:  # the day's first email
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _make_private_directories(os.path.dirname(path))
         descriptor = os.open(path, _NEW_FILE, mode)
     try:
         view = memoryview(data)
