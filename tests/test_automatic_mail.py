@@ -6,24 +6,21 @@ emails (RFC 3464 and the shapes Exchange and Postfix write) mark that email boun
 from __future__ import annotations
 
 import email
-from email.message import EmailMessage
 from email.mime.base import MIMEBase
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.policy import SMTP
-from email.policy import default as default_policy
 from email.utils import make_msgid
 
 import pytest
 from django.test import Client
 from django.urls import reverse
 
-from integrations.models import BulkMailPolicy, EmailIntegration
+from integrations.models import BulkMailPolicy
 from mailworker.bounces import read_bounce
-from mailworker.delivery import send_due
 from mailworker.models import NotificationSettings, OutboxEmail
-from mailworker.pipeline.passes import run_pass
 from records.models import ProcessedEmail, Quarantine, ServiceRecord, Status, User
+from tests.desk import Desk
 from tests.mail import make_email
 
 pytestmark = pytest.mark.django_db
@@ -32,33 +29,6 @@ JANE = "Jane Doe <jane@customer.test>"
 NAGIOS = "Nagios <nagios@monitoring.customer.test>"
 PRINTER = "HP LaserJet 4 <printer-floor3@customer.test>"
 ADMIN = "admin@desk.test"
-
-
-class Desk:
-    def __init__(self, dovecot, smtp_server, mailbox: EmailIntegration) -> None:
-        self.dovecot, self.smtp_server, self.mailbox = dovecot, smtp_server, mailbox
-
-    def receive(self, *raws: bytes) -> dict[str, int]:
-        """The emails arrive in the mailbox, the worker runs a pass and the outbox is sent."""
-        self.dovecot.deliver(self.mailbox.incoming_username, list(raws))
-        report = run_pass(integration=self.mailbox)
-        assert not report.failed, report.errors
-        send_due()
-        return report.counts
-
-    def inbox_of(self, address: str) -> list[EmailMessage]:
-        return [
-            email.message_from_bytes(message.raw, policy=default_policy)
-            for message in self.smtp_server.messages
-            if address in message.rcpt_tos
-        ]
-
-    def raw_sent_to(self, address: str) -> list[bytes]:
-        return [m.raw for m in self.smtp_server.messages if address in m.rcpt_tos]
-
-    def configure(self, **fields) -> None:
-        EmailIntegration.objects.filter(pk=self.mailbox.pk).update(**fields)
-        self.mailbox.refresh_from_db()
 
 
 @pytest.fixture

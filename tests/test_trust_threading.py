@@ -8,27 +8,24 @@ from someone who is not on record N follows the integration's stranger policy.
 
 from __future__ import annotations
 
-import email
 from email.message import EmailMessage
-from email.policy import default as default_policy
 from email.utils import make_msgid
 
 import pytest
 from django.test import Client
 from django.urls import reverse
 
-from integrations.models import EmailIntegration, StrangerPolicy
-from mailworker.delivery import send_due
+from integrations.models import StrangerPolicy
 from mailworker.models import NotificationSettings
 from mailworker.outbound.message_ids import (
     record_of_signed_message_id,
     sign_message_id,
     unsigned_message_id,
 )
-from mailworker.pipeline.passes import run_pass
 from records.models import Message, Quarantine, ServiceRecord, Status
 from records.selectors import is_on_record
 from records.services import add_message, create_record, get_or_create_end_user
+from tests.desk import Desk
 from tests.mail import make_email
 
 pytestmark = pytest.mark.django_db
@@ -36,34 +33,6 @@ pytestmark = pytest.mark.django_db
 JANE = "Jane Doe <jane@customer.test>"
 MALLORY = "IT Support <mallory@attacker.test>"
 PHISHING = "Your mailbox is full: log in at https://evil.test/reset to keep it."
-
-
-class Desk:
-    """An IMAP mailbox on Dovecot that the desk reads, an SMTP integration on aiosmtpd that
-    it sends through, and the end users' view of both."""
-
-    def __init__(self, dovecot, smtp_server, mailbox: EmailIntegration) -> None:
-        self.dovecot, self.smtp_server, self.mailbox = dovecot, smtp_server, mailbox
-
-    def receive(self, *raws: bytes) -> dict[str, int]:
-        """The emails arrive in the mailbox, the worker runs a pass and the outbox is sent."""
-        self.dovecot.deliver(self.mailbox.incoming_username, list(raws))
-        report = run_pass(integration=self.mailbox)
-        assert not report.failed, report.errors
-        send_due()
-        return report.counts
-
-    def inbox_of(self, address: str) -> list[EmailMessage]:
-        """Everything the desk has sent to `address` so far."""
-        return [
-            email.message_from_bytes(message.raw, policy=default_policy)
-            for message in self.smtp_server.messages
-            if address in message.rcpt_tos
-        ]
-
-    def configure(self, **fields) -> None:
-        EmailIntegration.objects.filter(pk=self.mailbox.pk).update(**fields)
-        self.mailbox.refresh_from_db()
 
 
 @pytest.fixture
