@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 
@@ -218,3 +219,20 @@ class GraphSubscription(models.Model):
 
     def __str__(self) -> str:
         return f"Graph subscription {self.subscription_id} until {self.expires_at:%Y-%m-%d %H:%M}"
+
+
+class NotificationTemplate(models.Model):
+    """An admin's own text for one of the desk's emails (Settings > Notifications), in place
+    of the template file templates/emails/<key>.txt and <key>.subject.txt. "Reset to the
+    default" deletes the row: the file's text is the default, never copied here."""
+
+    key = models.CharField(max_length=60, unique=True, help_text="e.g. record_created_end_user")
+    subject = models.CharField(max_length=998)
+    body = models.TextField()
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    def __str__(self) -> str:
+        return f"Edited email text {self.key}"

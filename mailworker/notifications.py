@@ -7,18 +7,17 @@ templates in templates/emails/.
 
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
-from django.db.models import Q, QuerySet
 from django.dispatch import receiver
 from django.template.loader import render_to_string
 
 from integrations import signals as integration_signals
 from integrations.models import EmailIntegration, OAuthGrant
+from mailworker.alerts import queue_alert, staff_with_permission
 from mailworker.models import NotificationSettings, OutboxEmail
 from mailworker.outbound.compose import record_subject
+from mailworker.outbound.email_templates import change_values, message_values, record_values
 from mailworker.outbound.queue import batched, queue_email, record_thread
-from mailworker.outbound.texts import render_subject, render_text
+from mailworker.outbound.texts import render_email
 from mailworker.status import note_alert_sent, note_reconnected
 from records import signals
 from records.models import Direction, Message, ServiceRecord
@@ -50,8 +49,10 @@ def admin_addresses(
 ) -> list[str]:
     """Who among the admins hears about a record, as NotificationSettings says (`choices`:
     the settings the caller has already read). Only staff who may view records: an assigned
-    admin or a group member without that permission is skipped, and when nobody is left,
-    every staff member who may view records hears of it."""
+    admin or a group member without that permission is skipped, and when nobody is left, or
+    nobody left has an email address, every staff member who may view records and has an
+    address hears of it. `exclude` (who made the change) is left out after that choice:
+    an admin's own change is news to nobody else when it was theirs to hear."""
     choice = (choices or current_settings()).admin_recipients
     Choice = NotificationSettings.AdminRecipients
     allowed = batched("staff who may view records", staff_who_may_view_records)
@@ -62,25 +63,8 @@ def admin_addresses(
     elif choice in (Choice.ASSIGNED, Choice.GROUP) and record.group_id:
         members = record.group.members.values_list("pk", flat=True)
         users = [by_pk[pk] for pk in members if pk in by_pk]
-    if not users:
-        users = allowed
-    return [user.email for user in users if user.email and getattr(exclude, "pk", None) != user.pk]
-
-
-def staff_with_permission(permission: str) -> QuerySet:
-    """Active staff who hold `permission` ("app_label.codename") as Django's ModelBackend
-    grants it: superusers, and users holding it themselves or through one of their groups.
-    One query (subqueries, no join that repeats a user)."""
-    app_label, codename = permission.split(".", 1)
-    User = get_user_model()
-    granted = Permission.objects.filter(content_type__app_label=app_label, codename=codename)
-    own = User.user_permissions.through.objects.filter(permission__in=granted)
-    through_group = User.groups.through.objects.filter(group__permissions__in=granted)
-    return User.objects.filter(is_active=True, is_staff=True).filter(
-        Q(is_superuser=True)
-        | Q(pk__in=own.values("user_id"))
-        | Q(pk__in=through_group.values("user_id"))
-    )
+    users = [user for user in users if user.email] or [user for user in allowed if user.email]
+    return [user.email for user in users if getattr(exclude, "pk", None) != user.pk]
 
 
 def staff_who_may_view_records() -> list:
@@ -130,15 +114,14 @@ def notify(
 ) -> None:
     if not to:
         return
-    context = {"record": record, **context}
-    subject = render_subject(f"emails/{template}.subject.txt", context)
-    text = render_text(f"emails/{template}.txt", context)
+    # Plain values only (outbound/texts.py): admins may have edited the text.
+    texts = render_email(template, {"record": record_values(record), **context})
     queue_email(
         kind=kind,
         to=to,
-        subject=record_subject(subject=subject, number=record.pk),
-        text=text,
-        html=render_to_string("emails/base.html", {"text": text}),
+        subject=record_subject(subject=texts.subject, number=record.pk),
+        text=texts.text,
+        html=render_to_string("emails/base.html", {"text": texts.text}),
         record=record,
         automatic=True,
         thread=(thread or _Thread(record)).get(),
@@ -165,7 +148,7 @@ def on_record_created(
     # A record opened by automatic mail (a monitoring alert, a printer, bulk mail): no
     # automatic email answers it, so its sender is not acknowledged; admins still hear of it.
     choices = current_settings()
-    context = {"message": message}
+    context = {"message": message_values(message)}
     thread = _Thread.of_new_record(record, message)
     if (
         choices.end_user_on_created
@@ -195,7 +178,7 @@ def on_message_added(sender, message: Message, automatic=False, **kwargs):
         return
     choices = current_settings()
     record = message.record
-    context = {"message": message}
+    context = {"message": message_values(message)}
     thread = _Thread(record)
     if choices.admins_on_updated:
         notify(
@@ -227,14 +210,17 @@ def on_details_changed(sender, record: ServiceRecord, actor=None, changes=None, 
             record=record,
             to=requester_address(record),
             template="details_changed_end_user",
-            context={"changes": change_lines(changes, fields=("status",))},
+            context={"changes": change_values(change_lines(changes, fields=("status",)))},
         )
     if choices.admins_on_details_changed:
         notify(
             record=record,
             to=admin_addresses(record, exclude=actor, choices=choices),
             template="details_changed_admin",
-            context={"changes": change_lines(changes), "actor": actor},
+            context={
+                "changes": change_values(change_lines(changes)),
+                "actor": actor.get_username() if actor is not None else "",
+            },
         )
 
 
@@ -266,25 +252,15 @@ def on_agent_replied(sender, message: Message, integration_id: int | None = None
     )
 
 
-def queue_flood_alert(*, integration: EmailIntegration, source: str, first_reason: str) -> None:
+def queue_flood_alert(*, integration: EmailIntegration, source: str, first_reason: str) -> bool:
     """Tell the staff who may see the quarantine that a flood is being held: once per flood
-    (the pipeline calls this for the first email it holds), never once per email."""
-    recipients = [
-        user.email
-        for user in batched(
-            "staff who may view the quarantine",
-            lambda: list(staff_with_permission(VIEW_QUARANTINE).order_by("pk")),
-        )
-        if user.email
-    ]
-    if not recipients:
-        return
-    context = {"integration": integration, "source": source, "reason": first_reason}
-    queue_email(
-        kind=Kind.SYSTEM_ALERT,
-        to=recipients,
-        subject=render_subject("emails/flood_held.subject.txt", context),
-        text=render_text("emails/flood_held.txt", context),
+    (the pipeline calls this for the first email it holds), never once per email. When none
+    of them has an email address, every admin who has one hears of it instead."""
+    context = {"integration": {"name": integration.name}, "source": source, "reason": first_reason}
+    return queue_alert(
+        template="flood_held",
+        context=context,
+        first_choice=staff_with_permission(VIEW_QUARANTINE),
     )
 
 
@@ -294,15 +270,18 @@ def on_needs_reconnect(
 ) -> None:
     """Tell admins, once (integrations send the signal once per refusal), that an OAuth 2.0
     integration must be connected again. It counts as the alert of the current failure
-    streak too, so the passes that fail while it waits do not send a second, vaguer one."""
-    admins = get_user_model().objects.filter(is_active=True, is_superuser=True).exclude(email="")
-    context = {"integration": integration, "grant": grant, "provider": provider}
-    queue_email(
-        kind=Kind.SYSTEM_ALERT,
-        to=[admin.email for admin in admins],
-        subject=render_subject("emails/integration_needs_reconnect.subject.txt", context),
-        text=render_text("emails/integration_needs_reconnect.txt", context),
-    )
+    streak too, so the passes that fail while it waits do not send a second, vaguer one.
+    When no admin has an email address, nothing counts as told: the grant forgets the notice
+    (a later refusal sends it again) and the failure streak's own alert stays due."""
+    context = {
+        "integration": {"name": integration.name},
+        "provider": provider,
+        "account": grant.account or integration.oauth_mailbox,
+        "reason": grant.needs_reconnect_reason,
+    }
+    if not queue_alert(template="integration_needs_reconnect", context=context):
+        OAuthGrant.objects.filter(pk=grant.pk).update(needs_reconnect_notified_at=None)
+        return
     note_alert_sent(integration_id=integration.pk)
 
 

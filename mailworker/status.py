@@ -16,15 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from integrations.models import EmailIntegration
-from mailworker.models import MailboxState, OutboxEmail
-from mailworker.outbound.queue import queue_email
-from mailworker.outbound.texts import render_subject, render_text
+from mailworker.alerts import queue_alert
+from mailworker.models import MailboxState
 
 # select_related() these with the integration to read its state and "needs reconnect"
 # without a query of their own.
@@ -48,6 +46,18 @@ def states_by_integration(integration_ids: list[int]) -> dict[int, MailboxState]
     integrations list)."""
     states = MailboxState.objects.filter(integration_id__in=integration_ids)
     return {state.integration_id: state for state in states}
+
+
+def failing_integrations(*, limit: int = 3) -> list[tuple[int, str]]:
+    """(pk, name) of up to `limit` integrations that keep failing (as many failures in a
+    row as alert admins, alerted or not) or must be connected again: the admins' banner.
+    One query."""
+    failing = EmailIntegration.objects.filter(
+        Q(mailbox_state__consecutive_failures__gte=settings.INTEGRATION_FAILURES_BEFORE_ALERT)
+        | Q(mailbox_state__failure_alert_sent_at__isnull=False)
+        | Q(oauth_grant__needs_reconnect_since__isnull=False)
+    )
+    return list(failing.order_by("name").values_list("pk", "name")[:limit])
 
 
 # Writing ------------------------------------------------------------------------------------
@@ -113,7 +123,9 @@ def note_success(*, integration: EmailIntegration) -> None:
 
 def note_failure(*, integration: EmailIntegration, direction: str, error: str) -> bool:
     """Count a failure; alert admins once when the streak reaches the threshold. Returns
-    whether an alert was queued."""
+    whether an alert was queued. An alert nobody could receive (no admin has an email
+    address) is not counted as sent: the next failure tries again, and reaches the first
+    admin who has added an address meanwhile."""
     with transaction.atomic():
         _write(integration.pk, consecutive_failures=F("consecutive_failures") + 1)
         current = MailboxState.objects.select_for_update().get(integration_id=integration.pk)
@@ -122,21 +134,14 @@ def note_failure(*, integration: EmailIntegration, direction: str, error: str) -
             or current.failure_alert_sent_at is not None
         ):
             return False
-        current.failure_alert_sent_at = timezone.now()
-        current.save(update_fields=["failure_alert_sent_at"])
-        admins = (
-            get_user_model().objects.filter(is_active=True, is_superuser=True).exclude(email="")
-        )
         context = {
-            "integration": integration,
+            "integration": {"name": integration.name},
             "consecutive_failures": current.consecutive_failures,
             "direction": direction,
             "error": error,
         }
-        queue_email(
-            kind=OutboxEmail.Kind.SYSTEM_ALERT,
-            to=[admin.email for admin in admins],
-            subject=render_subject("emails/integration_failing.subject.txt", context),
-            text=render_text("emails/integration_failing.txt", context),
-        )
+        if not queue_alert(template="integration_failing", context=context):
+            return False
+        current.failure_alert_sent_at = timezone.now()
+        current.save(update_fields=["failure_alert_sent_at"])
     return True

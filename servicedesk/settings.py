@@ -104,6 +104,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "servicedesk.context_processors.product",
+                "servicedesk.context_processors.admin_banner",
             ],
         },
     },
