@@ -261,4 +261,4 @@ def test_the_end_user_receives_the_edited_acknowledgement(admin_client: Client, 
     assert acknowledgement["Subject"] == f"Got it: VPN is down [#{record.pk}]"
     text = acknowledgement.get_body(("plain",)).get_content()
     assert f"your ticket {record.pk} (Normal) is in good hands." in text
-    assert text.startswith("Hi Jane Doe,\n")
+    assert text.startswith("Hi Jane Doe,\r\n")
