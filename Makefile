@@ -48,7 +48,7 @@ system-packages:
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py create_first_admin
-	@echo "Starting web (http://127.0.0.1:8000), worker and beat. Ctrl-C stops all of them."
+	@echo "Starting web ($$($(BIN)/python manage.py web_address)), worker, beat and mailidle. Ctrl-C stops all of them."
 	PATH="$(BIN):$$PATH" $(BIN)/honcho --procfile Procfile start
 
 # The import contracts first (pyproject.toml, [tool.importlinter]): a broken one fails the run.

@@ -298,3 +298,26 @@ def client_address_source(trusted_proxy_count: int) -> ClientAddressSource:
     return ClientAddressSource(
         headers=("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"), listed_proxies=trusted_proxy_count - 1
     )
+
+
+DEFAULT_WEB_BIND = "127.0.0.1:8000"
+# Addresses that mean "every interface": a browser on this machine reaches them on loopback.
+ANY_ADDRESS_HOSTS = {"", "0.0.0.0", "::", "[::]"}  # noqa: S104 (read, never bound)
+
+
+def web_url(bind: str) -> str:
+    """Where a browser on this machine finds the desk that gunicorn serves at `bind`
+    (WEB_BIND, in gunicorn's --bind syntax: HOST:PORT, [IPv6]:PORT, HOST, or unix:PATH)."""
+    bind = bind.strip() or DEFAULT_WEB_BIND
+    if bind.startswith("unix:"):
+        return f"the unix socket {bind[len('unix:') :]} (behind your web server)"
+    if bind.startswith("[") and "]" in bind:
+        host, _, rest = bind[1:].partition("]")
+        host, port = f"[{host}]", rest.lstrip(":") or "8000"
+    elif bind.count(":") == 1:
+        host, port = bind.split(":")
+    else:
+        host, port = bind, "8000"  # gunicorn's own default port
+    if host in ANY_ADDRESS_HOSTS:
+        host = "127.0.0.1"
+    return f"http://{host}:{port}/"

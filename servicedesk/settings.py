@@ -15,6 +15,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from servicedesk.configuration import (
+    DEFAULT_WEB_BIND,
     PRIVATE_DIRECTORY_MODE,
     PRIVATE_FILE_MODE,
     broker_settings,
@@ -48,6 +49,9 @@ _secret_key_from_env = env.str("SECRET_KEY", default="")
 SECRET_KEY = _secret_key_from_env or load_or_create_local_secret_key(DATA_DIR)
 
 EDITION = env.str("EDITION", default="full").strip().lower()
+# Where gunicorn listens (Procfile: --bind ${WEB_BIND:-127.0.0.1:8000}): the messages that say
+# where to log in name this address, not a port assumed.
+WEB_BIND = env.str("WEB_BIND", default=DEFAULT_WEB_BIND)
 
 # Fernet keys for passwords and tokens at rest; the first encrypts, all decrypt (rotation).
 _field_encryption_key = env.str("FIELD_ENCRYPTION_KEY", default="")
