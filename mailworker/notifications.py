@@ -281,6 +281,7 @@ def on_needs_reconnect(
     }
     if not queue_alert(template="integration_needs_reconnect", context=context):
         OAuthGrant.objects.filter(pk=grant.pk).update(needs_reconnect_notified_at=None)
+        grant.needs_reconnect_notified_at = None  # the caller's copy too
         return
     note_alert_sent(integration_id=integration.pk)
 
