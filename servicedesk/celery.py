@@ -7,7 +7,7 @@ from pathlib import Path
 from celery import Celery
 from celery.beat import PersistentScheduler
 from celery.schedules import crontab
-from celery.signals import celeryd_init
+from celery.signals import celeryd_init, worker_process_init
 
 from servicedesk.configuration import PRIVATE_FILE_MODE, keep_new_files_private
 
@@ -23,6 +23,18 @@ def keep_worker_files_private(**_kwargs: object) -> None:
     """The worker writes broker messages and the SQLite database: for the desk's own user
     only. (Not at import: the test suite imports this module too.)"""
     keep_new_files_private()
+
+
+@worker_process_init.connect
+def leave_the_worker_s_process_group(**_kwargs: object) -> None:
+    """Each pool process in a process group of its own, so that a signal meant for the worker
+    reaches only its main process. honcho (`make run`) stops a Procfile process by signalling
+    its whole process group: the pool processes got SIGTERM directly and died mid-task
+    ("ForkPoolWorker exited with signal 15") while the main process began its warm shutdown.
+    Now only the main process hears it; it lets each pool process finish its task and exit.
+    A pool process whose main process is gone exits at its next read (billiard's EOF), and
+    billiard itself signals a pool process's group when it must stop one (time limits)."""
+    os.setpgrp()
 
 
 class PrivatePersistentScheduler(PersistentScheduler):

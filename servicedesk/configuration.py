@@ -214,6 +214,8 @@ def database_settings(database_url: str, *, sqlite_path: Path) -> dict[str, Any]
 class BrokerSettings:
     url: str
     transport_options: dict[str, Any] = field(default_factory=dict)
+    # A transport class in place of the one the URL names (CELERY_BROKER_TRANSPORT).
+    transport: str | None = None
 
 
 def broker_settings(
@@ -235,8 +237,16 @@ def broker_settings(
     for path in (queue_folder, processed_folder, control_folder):
         private_subfolder(path)
     return BrokerSettings(
-        url="filesystem://",
+        # A host name, though the transport uses none: without one kombu warns "No hostname
+        # was supplied. Reverting to default 'localhost'" whenever it describes the
+        # connection (every fetchmail and ingest_email run, every worker start).
+        url="filesystem://localhost/",
+        transport="servicedesk.broker:FilesystemTransport",
         transport_options={
+            # How often an idle worker looks for new task files (kombu's default: 1 s). The
+            # worker notices a stop request only between two looks, and honcho (`make run`)
+            # kills what has not stopped 5 s after Ctrl-C; listing a folder is cheap.
+            "polling_interval": 0.2,
             "data_folder_in": str(queue_folder),
             "data_folder_out": str(queue_folder),
             "processed_folder": str(processed_folder),

@@ -225,6 +225,7 @@ _broker = broker_settings(
     visibility_timeout=env.int("BROKER_VISIBILITY_TIMEOUT_SECONDS", default=3600),
 )
 CELERY_BROKER_URL = _broker.url
+CELERY_BROKER_TRANSPORT = _broker.transport
 CELERY_BROKER_TRANSPORT_OPTIONS = _broker.transport_options
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None

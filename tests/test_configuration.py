@@ -133,7 +133,8 @@ def test_a_bad_database_url_names_the_variable(tmp_path: Path) -> None:
 
 def test_broker_defaults_to_the_filesystem_transport(tmp_path: Path) -> None:
     broker = broker_settings("", data_dir=tmp_path)
-    assert broker.url == "filesystem://"
+    assert broker.url == "filesystem://localhost/"
+    assert broker.transport == "servicedesk.broker:FilesystemTransport"
     assert Path(broker.transport_options["data_folder_in"]).is_dir()
     redis = broker_settings("redis://127.0.0.1:6379/0", data_dir=tmp_path)
     assert redis.url == "redis://127.0.0.1:6379/0"
