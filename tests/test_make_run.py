@@ -62,6 +62,7 @@ def test_ctrl_c_stops_web_worker_beat_and_mailidle_warmly(tmp_path: Path) -> Non
             wait_for(honcho, output, "worker@")
             wait_for(honcho, output, " ready.")
             wait_for(honcho, output, "listening for new mail")
+            wait_for(honcho, output, "beat: Starting...")
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
             honcho.send_signal(signal.SIGINT)  # what Ctrl-C at the terminal sends honcho
             honcho.wait(timeout=60)
