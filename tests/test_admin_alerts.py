@@ -14,11 +14,11 @@ from django.test import Client
 
 from integrations.models import EmailIntegration, OAuthGrant
 from integrations.oauth.services import mark_needs_reconnect
+from mailworker.admin_banner import ADMIN_BANNER_CACHE_KEY, admin_banner_facts
 from mailworker.models import NotificationSettings, OutboxEmail
 from mailworker.notifications import admin_addresses, queue_flood_alert
 from mailworker.status import note_failure, state_of
 from records.services import create_record, get_or_create_end_user
-from servicedesk.context_processors import ADMIN_BANNER_CACHE_KEY, admin_banner_facts
 from tests.conftest import incoming_imap
 
 pytestmark = pytest.mark.django_db
@@ -176,8 +176,7 @@ def test_admins_see_a_banner_while_no_admin_has_an_address(
     assert f'href="/admin/records/user/{superuser_without_address.pk}/change/"' in page
 
     superuser_without_address.email = "root@desk.test"
-    superuser_without_address.save()
-    cache.delete(ADMIN_BANNER_CACHE_KEY)
+    superuser_without_address.save()  # forgets the cached banner
     assert 'id="admin-banner"' not in client.get("/settings/notifications/").content.decode()
 
 
