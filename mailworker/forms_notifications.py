@@ -58,4 +58,7 @@ class EmailTextForm(forms.Form):
         return self._checked("subject")
 
     def clean_body(self) -> str:
+        # Browsers send a textarea's lines with CRLF; the shipped texts (and emails being
+        # composed) use LF.
+        self.cleaned_data["body"] = self.cleaned_data["body"].replace("\r\n", "\n")
         return self._checked("body")

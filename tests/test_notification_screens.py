@@ -262,3 +262,11 @@ def test_the_end_user_receives_the_edited_acknowledgement(admin_client: Client, 
     text = acknowledgement.get_body(("plain",)).get_content()
     assert f"your ticket {record.pk} (Normal) is in good hands." in text
     assert text.startswith("Hi Jane Doe,\r\n")
+
+
+def test_a_text_s_lines_are_kept_with_the_line_ends_of_the_shipped_texts(
+    admin_client: Client,
+) -> None:
+    admin_client.post(ACK, text_form(body="Hello,\r\n\r\nticket {{ record.number }}.\r\n"))
+    row = NotificationTemplate.objects.get()
+    assert row.body == "Hello,\n\nticket {{ record.number }}.\n"

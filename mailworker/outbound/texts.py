@@ -84,8 +84,10 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+@lru_cache(maxsize=64)
 def default_source(key: str, part: str) -> str:
-    """The shipped text of `key`'s `part` ("subject" or "body"): the file's content."""
+    """The shipped text of `key`'s `part` ("subject" or "body"): the file's content, read
+    once per process (as Django's cached template loader would)."""
     suffix = ".subject.txt" if part == "subject" else ".txt"
     return (EMAIL_TEMPLATE_DIR / f"{key}{suffix}").read_text(encoding="utf-8")
 
