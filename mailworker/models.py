@@ -236,3 +236,15 @@ class NotificationTemplate(models.Model):
 
     def __str__(self) -> str:
         return f"Edited email text {self.key}"
+
+
+class UnalertedFlood(models.Model):
+    """A flood held in the quarantine whose alert reached nobody (no admin had an email
+    address). Its emails count as not alerted yet: the next pass that holds one of them
+    sends the alert again, and the row goes once an alert went out."""
+
+    flood_key = models.CharField(max_length=400, unique=True)
+    first_held_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"Flood {self.flood_key} not alerted"

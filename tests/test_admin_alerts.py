@@ -17,9 +17,11 @@ from integrations.oauth.services import mark_needs_reconnect
 from mailworker.admin_banner import ADMIN_BANNER_CACHE_KEY, admin_banner_facts
 from mailworker.models import NotificationSettings, OutboxEmail
 from mailworker.notifications import admin_addresses, queue_flood_alert
+from mailworker.pipeline.passes import run_pass
 from mailworker.status import note_failure, state_of
 from records.services import create_record, get_or_create_end_user
 from tests.conftest import incoming_imap
+from tests.mail import make_email
 
 pytestmark = pytest.mark.django_db
 ALERT = OutboxEmail.Kind.SYSTEM_ALERT
@@ -208,3 +210,31 @@ def test_the_banner_costs_at_most_two_queries_and_is_cached(
         admin_banner_facts()
     with django_assert_max_num_queries(0):
         admin_banner_facts()
+
+
+def test_a_flood_nobody_heard_of_is_alerted_at_the_next_pass_once_someone_has_an_address(
+    dovecot, dovecot_integration, superuser_without_address, settings
+) -> None:
+    """Through the real pipeline: Dovecot, passes, the quarantine."""
+    settings.FLOOD_RECORDS_PER_SENDER_PER_HOUR = 2
+    mailbox = dovecot_integration(protocol="imap", encryption="ssl")
+    flood = [
+        make_email(sender="mallory@attacker.test", subject=f"Invoice {n}", body=f"Pay {n}.")
+        for n in range(8)
+    ]
+    dovecot.deliver(mailbox.incoming_username, flood[:4])
+    assert run_pass(integration=mailbox).counts["quarantined"] == 2
+    assert alerts() == []
+
+    superuser_without_address.email = "root@desk.test"
+    superuser_without_address.save()
+    dovecot.deliver(mailbox.incoming_username, flood[4:6])
+    assert run_pass(integration=mailbox).counts["quarantined"] == 2
+    (alert,) = alerts()
+    assert alert.to_addresses == ["root@desk.test"]
+    assert "mallory@attacker.test" in alert.subject
+
+    # Alerted now: the flood goes on without a second alert.
+    dovecot.deliver(mailbox.incoming_username, flood[6:])
+    assert run_pass(integration=mailbox).counts["quarantined"] == 2
+    assert len(alerts()) == 1

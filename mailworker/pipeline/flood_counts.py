@@ -15,6 +15,7 @@ from django.db.models import Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce, Lower
 from django.utils import timezone
 
+from mailworker.models import UnalertedFlood
 from records.models import Quarantine, ServiceRecord
 
 WINDOW = timedelta(hours=1)
@@ -138,12 +139,18 @@ def new_records_in_window(keys: Iterable[str]) -> dict[str, int]:
 
 
 def floods_held_in_window(keys: Iterable[str]) -> set[str]:
-    """The keys with an email held within the hour: their flood was alerted already."""
+    """The keys with an email held within the hour: their flood was alerted already, unless
+    that alert reached nobody (UnalertedFlood)."""
     keys = set(keys)
     if not keys:
         return set()
-    return set(
+    held = set(
         Quarantine.objects.filter(flood_key__in=keys, received_at__gte=window_start())
         .values_list("flood_key", flat=True)
         .distinct()
     )
+    if held:
+        held -= set(
+            UnalertedFlood.objects.filter(flood_key__in=held).values_list("flood_key", flat=True)
+        )
+    return held

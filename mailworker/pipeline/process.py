@@ -23,7 +23,7 @@ from django.db import DatabaseError, IntegrityError, InterfaceError, Operational
 
 from integrations.models import EmailIntegration
 from mailworker.inbound import InboundEmail
-from mailworker.models import OutboxEmail
+from mailworker.models import OutboxEmail, UnalertedFlood
 from mailworker.notifications import queue_flood_alert
 from mailworker.outbound.queue import (
     batch_mark,
@@ -269,12 +269,23 @@ def _hold_flood(ctx: EmailContext, *, reason: str, key: str, size: int) -> Proce
         original=ctx.original,
     )
     if ctx.chunk is not None:
+        # Also when the alert below reaches nobody: the next chunk tries again, not every
+        # email of a flood of thousands.
         ctx.chunk.note_flood_held(flood_key)
     if not held:
-        queue_flood_alert(
+        alerted = queue_flood_alert(
             integration=ctx.integration, source=source_of(flood_key), first_reason=reason
         )
+        note_flood_alert(flood_key=flood_key, alerted=alerted)
     return result
+
+
+def note_flood_alert(*, flood_key: str, alerted: bool) -> None:
+    """Whether the flood's alert reached anyone: if not, its next held email alerts again."""
+    if alerted:
+        UnalertedFlood.objects.filter(flood_key=flood_key).delete()
+    else:
+        UnalertedFlood.objects.get_or_create(flood_key=flood_key)
 
 
 def queue_size_notice(*, integration: EmailIntegration, email: InboundEmail, limit: int) -> None:
