@@ -102,7 +102,11 @@ def add_to_record(*, entry: Quarantine, record: ServiceRecord) -> ProcessResult:
         entry.delete()
         try:
             result = append_to_record(
-                integration=integration, raw=raw, record=record, lookups=lookups
+                integration=integration,
+                raw=raw,
+                record=record,
+                lookups=lookups,
+                original_id=entry.original_id,
             )
         except ValueError as exc:
             raise CannotReprocess(f"Cannot add it: {exc}.") from exc

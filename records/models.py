@@ -342,8 +342,10 @@ def original_path(instance: Original, filename: str) -> str:
 
 
 class Original(models.Model):
-    """An incoming email exactly as it arrived, gzip-compressed, in the storage the desk uses
-    for attachments (MEDIA_ROOT), kept for the retention period of DeskSettings."""
+    """An incoming email exactly as it arrived, compressed, in the storage the desk uses for
+    attachments (MEDIA_ROOT), kept for the retention period of DeskSettings: a Zstandard frame
+    at `offset` of `file` (a pack holds a chunk's emails), or a whole gzip file (before
+    packs). See records/originals.py."""
 
     integration = models.ForeignKey(
         "integrations.EmailIntegration",
@@ -352,7 +354,9 @@ class Original(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
     )
-    file = models.FileField(upload_to=original_path, max_length=500)
+    # Indexed: retention deletes a pack when no row points into it any more.
+    file = models.FileField(upload_to=original_path, max_length=500, db_index=True)
+    offset = models.PositiveBigIntegerField(default=0, help_text="Where its frame starts.")
     size = models.PositiveBigIntegerField(default=0, help_text="Bytes as the email arrived.")
     stored_size = models.PositiveBigIntegerField(default=0, help_text="Bytes in storage.")
     sha256 = models.CharField(max_length=64, db_index=True)
