@@ -150,6 +150,9 @@ class MailboxState(models.Model):
         "integrations.EmailIntegration", on_delete=models.CASCADE, related_name="mailbox_state"
     )
     last_polled_at = models.DateTimeField(null=True, blank=True)
+    # When a routine pass was queued and has not ended yet: dispatch does not queue another
+    # (mailworker/scheduling.py). Cleared when a pass ends.
+    pass_queued_at = models.DateTimeField(null=True, blank=True)
     last_success_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
