@@ -81,8 +81,6 @@ class EmailRuleForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         rule: EmailRule = self.instance
-        # Integrations chosen before their incoming side was turned off stay visible, so
-        # saving does not drop them unseen.
         chosen = list(rule.integrations.values_list("pk", flat=True)) if rule.pk else []
         self.fields["integrations"].queryset = integrations_to_choose(chosen=chosen)
         agents = selectors.agents()

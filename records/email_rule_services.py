@@ -118,20 +118,26 @@ def try_email_rules(*, facts: RuleInput) -> RuleOutcome:
     return evaluate_email_rules(facts=facts, rules=active_email_rules())
 
 
+# The order "Try it" lists what a record would get in, as the rule form lists its actions.
+DESCRIBED_FIELDS = {
+    "assigned_admin_id": ("Assigned admin", User),
+    "group_id": ("Group", AdminGroup),
+    "status_id": ("Status", Status),
+    "category_id": ("Category", Category),
+    "priority": ("Priority", None),
+}
+
+
 def describe_changes(changes: dict[str, int]) -> list[tuple[str, str]]:
     """A rule outcome's record fields as an admin reads them: ("Group", "Network"), ..."""
-    names = {
-        "group_id": ("Group", AdminGroup),
-        "category_id": ("Category", Category),
-        "status_id": ("Status", Status),
-        "assigned_admin_id": ("Assigned admin", User),
-    }
     described = []
-    for record_field, value in changes.items():
-        if record_field == "priority":
-            described.append(("Priority", Priority(value).label))
+    for record_field, (label, model) in DESCRIBED_FIELDS.items():
+        if record_field not in changes:
             continue
-        label, model = names[record_field]
+        value = changes[record_field]
+        if model is None:
+            described.append((label, Priority(value).label))
+            continue
         found = model.objects.filter(pk=value).first()
         described.append((label, _display_name(found) if found else f"(deleted #{value})"))
     return described
