@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max, Prefetch, Q, QuerySet
 
@@ -102,6 +103,23 @@ def move_email_rule(*, rule: EmailRule, up: bool) -> bool:
             each.order = order
             each.save(update_fields=["order"])
     return True
+
+
+@transaction.atomic
+def reorder_email_rules(*, rule_ids: list[int]) -> None:
+    """Put every rule in the given order (a drag on the list sends them all)."""
+    rules = {rule.pk: rule for rule in EmailRule.objects.select_for_update()}
+    if sorted(rule_ids) != sorted(rules):
+        raise ValidationError(
+            "The rules changed while you were dragging (someone added or deleted one). "
+            "This is the list as it is now: drag again.",
+            code="stale_order",
+        )
+    for order, pk in enumerate(rule_ids):
+        rule = rules[pk]
+        if rule.order != order:
+            rule.order = order
+            rule.save(update_fields=["order"])
 
 
 def set_email_rule_active(*, rule: EmailRule, active: bool) -> None:

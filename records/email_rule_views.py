@@ -21,6 +21,7 @@ from records.email_rule_services import (
     describe_changes,
     email_rules_in_order,
     move_email_rule,
+    reorder_email_rules,
     save_email_rule,
     set_email_rule_active,
     try_email_rules,
@@ -124,6 +125,24 @@ class EmailRuleMoveView(StaffPermissionRequiredMixin, View):
         else:
             where = "first" if up else "last"
             messages.info(request, f"“{rule.name}” is already {where}.")
+        return redirect("rules:list")
+
+
+class EmailRuleOrderView(StaffPermissionRequiredMixin, View):
+    """The whole order at once, as a drag on the list sends it (servicedesk/rules.js)."""
+
+    permission_required = "records.change_emailrule"
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        try:
+            rule_ids = [int(value) for value in request.POST.getlist("rule")]
+            reorder_email_rules(rule_ids=rule_ids)
+        except ValueError:
+            messages.error(request, "The new order could not be read: reload the page and retry.")
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        else:
+            messages.success(request, "Saved the new order of the rules.")
         return redirect("rules:list")
 
 

@@ -7,7 +7,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from mailworker.pipeline.passes import run_pass
-from records.models import AdminGroup, ServiceRecord
+from records.models import AdminGroup, EmailRule, EmailRuleCondition, ServiceRecord
 from tests.mail import make_email
 
 pytestmark = pytest.mark.browser
@@ -78,3 +78,22 @@ def test_admin_creates_a_rule_and_an_incoming_email_is_routed_by_it(
     expect(details.locator(".status")).to_have_text("In Progress")
     expect(details).to_contain_text("Network team")
     assert (record.group.name, record.status.name) == ("Network team", "In Progress")
+
+
+def test_dragging_a_rule_changes_the_evaluation_order(admin_page: Page) -> None:
+    for order, name in enumerate(["First", "Second", "Third"]):
+        created = EmailRule.objects.create(name=name, order=order, stop_processing=True)
+        EmailRuleCondition.objects.create(
+            rule=created, field="subject", operator="contains", value="x"
+        )
+    page = admin_page
+    page.goto("/settings/rules/")
+    rows = page.locator("#email-rules tbody tr")
+    expect(rows).to_have_count(3)
+
+    rows.nth(2).drag_to(rows.nth(0), target_position={"x": 20, "y": 5})
+
+    expect(page.get_by_role("status").first).to_contain_text("Saved the new order of the rules.")
+    expect(rows.nth(0)).to_have_attribute("data-rule", "Third")
+    names = list(EmailRule.objects.order_by("order").values_list("name", flat=True))
+    assert names == ["Third", "First", "Second"]

@@ -301,6 +301,22 @@ def test_rules_move_up_and_down_in_the_evaluation_order(admin_client) -> None:
     assert names_in_order() == ["C", "A", "B", "D"]
 
 
+def test_a_drag_sends_the_whole_order(admin_client, staff_with) -> None:
+    first, second, third = make_rule("A", 0), make_rule("B", 1), make_rule("C", 2)
+    order = reverse("rules:order")
+    response = admin_client.post(order, {"rule": [third.pk, first.pk, second.pk]}, follow=True)
+    assert "Saved the new order of the rules." in response.content.decode()
+    assert names_in_order() == ["C", "A", "B"]
+    # A rule added or deleted meanwhile: nothing moves, and the admin is told why.
+    response = admin_client.post(order, {"rule": [first.pk, second.pk]}, follow=True)
+    assert "The rules changed while you were dragging" in response.content.decode()
+    assert names_in_order() == ["C", "A", "B"]
+    client = admin_client
+    client.force_login(staff_with("view_emailrule"))
+    assert client.post(order, {"rule": [first.pk, second.pk, third.pk]}).status_code == 403
+    assert names_in_order() == ["C", "A", "B"]
+
+
 def test_disabling_and_enabling_a_rule(admin_client) -> None:
     rule = make_rule("Printers", 0)
     response = admin_client.post(
