@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.test import Client
 from django.urls import reverse
 
 from records.models import (
@@ -132,8 +133,6 @@ def test_a_non_staff_user_with_the_permission_gets_403(client, django_user_model
 
 
 def test_posts_need_a_csrf_token(admin_user) -> None:
-    from django.test import Client
-
     client = Client(enforce_csrf_checks=True)
     client.force_login(admin_user)
     assert client.post(NEW, rule_post()).status_code == 403
