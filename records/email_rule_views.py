@@ -15,7 +15,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views import View
 
 from integrations.views import StaffPermissionRequiredMixin
-from records.email_rule_forms import EmailRuleForm, TryRulesForm, condition_formset
+from records.email_rule_forms import (
+    BaseConditionFormSet,
+    EmailRuleForm,
+    TryRulesForm,
+    condition_formset,
+)
 from records.email_rule_services import (
     delete_email_rule,
     describe_changes,
@@ -80,7 +85,14 @@ class EmailRuleFormView(StaffPermissionRequiredMixin, View):
     def _rule(self, pk: int | None) -> EmailRule:
         return get_object_or_404(EmailRule, pk=pk) if pk is not None else EmailRule()
 
-    def _render(self, request: HttpRequest, form, conditions, *, status: int = 200) -> HttpResponse:
+    def _render(
+        self,
+        request: HttpRequest,
+        form: EmailRuleForm,
+        conditions: BaseConditionFormSet,
+        *,
+        status: int = 200,
+    ) -> HttpResponse:
         context = {
             "form": form,
             "conditions": conditions,
