@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from integrations.validation import validate_subject_regex
 from servicedesk.control_characters import refuse_control_characters
 
 
@@ -253,9 +255,20 @@ class EmailRule(models.Model):
     order = models.PositiveIntegerField(default=0)
     is_active = models.BooleanField(default=True)
     match = models.CharField(max_length=3, choices=Match.choices, default=Match.ALL)
+    # Which incoming integrations' emails the rule sees: every one (also those added later),
+    # or only the chosen ones.
+    all_integrations = models.BooleanField(
+        default=True, help_text="Applies to every incoming integration, also those added later."
+    )
+    integrations = models.ManyToManyField(
+        "integrations.EmailIntegration", blank=True, related_name="email_rules"
+    )
     set_group = models.ForeignKey(AdminGroup, null=True, blank=True, on_delete=models.SET_NULL)
     set_category = models.ForeignKey(Category, null=True, blank=True, on_delete=models.SET_NULL)
     set_priority = models.PositiveSmallIntegerField(choices=Priority.choices, null=True, blank=True)
+    set_status = models.ForeignKey(
+        Status, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     assign_admin = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -278,6 +291,7 @@ class EmailRule(models.Model):
 class EmailRuleCondition(models.Model):
     class Field(models.TextChoices):
         SENDER = "sender", "Sender address"
+        SENDER_DOMAIN = "sender_domain", "Sender domain"
         RECIPIENT = "recipient", "Recipient address"
         SUBJECT = "subject", "Subject"
         BODY = "body", "Body"
@@ -290,7 +304,7 @@ class EmailRuleCondition(models.Model):
         REGEX = "regex", "matches regex"
 
     rule = models.ForeignKey(EmailRule, on_delete=models.CASCADE, related_name="conditions")
-    field = models.CharField(max_length=10, choices=Field.choices)
+    field = models.CharField(max_length=16, choices=Field.choices)
     operator = models.CharField(max_length=12, choices=Operator.choices, default=Operator.CONTAINS)
     value = models.CharField(max_length=500)
 
@@ -299,6 +313,18 @@ class EmailRuleCondition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_field_display()} {self.get_operator_display()} {self.value!r}"
+
+    def clean(self) -> None:
+        """A pattern must compile as the mail engine compiles it (the `regex` package, with
+        SysAid's Java-style inline flags), so a rule never fails silently on every email.
+        A domain is compared without its "@", however the admin wrote it."""
+        if self.operator == self.Operator.REGEX:
+            try:
+                validate_subject_regex(self.value)
+            except ValidationError as exc:
+                raise ValidationError({"value": exc}) from exc
+        elif self.field == self.Field.SENDER_DOMAIN:
+            self.value = self.value.strip().lstrip("@")
 
 
 class Quarantine(models.Model):

@@ -12,6 +12,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("settings/email/", include("integrations.urls")),
+    path("settings/rules/", include("records.urls_rules")),
     path("settings/desk/", DeskSettingsView.as_view(), name="desk-settings"),
     path("settings/email/<int:pk>/test/", include("mailworker.urls_tests")),
     path("quarantine/", include("mailworker.urls")),
