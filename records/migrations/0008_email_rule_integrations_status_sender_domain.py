@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('integrations', '0013_bulk_mail_policy'),
-        ('records', '0006_originals_incoming_log'),
+        ('records', '0007_original_packs'),
     ]
 
     operations = [
