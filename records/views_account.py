@@ -1,4 +1,4 @@
-""""My account" (every logged-in user: name, email, password) and the password reset by
+""" "My account" (every logged-in user: name, email, password) and the password reset by
 email (Django's views; the email goes out through the desk's own sending path)."""
 
 from __future__ import annotations
@@ -82,8 +82,11 @@ class PasswordResetView(auth_views.PasswordResetView):
 
     def form_valid(self, form: DeskPasswordResetForm) -> HttpResponse:
         if not accounts.desk_can_send():
-            form.add_error(None, "The desk cannot send email right now: ask an admin to "
-                           "reset your password, or to set up an outgoing integration.")
+            form.add_error(
+                None,
+                "The desk cannot send email right now: ask an admin to "
+                "reset your password, or to set up an outgoing integration.",
+            )
             return self.form_invalid(form)
         return super().form_valid(form)
 

@@ -101,7 +101,10 @@ class LookupFormView(LookupMixin, View):
 
     def _render(self, request: HttpRequest, form: ModelForm, status: int = 200) -> HttpResponse:
         return render(
-            request, "records/lookups/form.html", self.context(form=form, row=form.instance), status=status
+            request,
+            "records/lookups/form.html",
+            self.context(form=form, row=form.instance),
+            status=status,
         )
 
     def get(self, request: HttpRequest, pk: int | None = None) -> HttpResponse:
