@@ -551,7 +551,8 @@ def test_statuses_are_created_edited_and_deleted_unless_in_use(admin_client: Cli
     refused = admin_client.post(
         reverse("lookups:delete", args=["statuses", waiting.pk]), follow=True
     )
-    said = f"“Waiting for parts” cannot be deleted: 2 records use it (#{records[0].pk}, #{records[1].pk})"
+    numbers = f"#{records[0].pk}, #{records[1].pk}"
+    said = f"“Waiting for parts” cannot be deleted: 2 records use it ({numbers})"
     assert said in refused.content.decode()
     assert Status.objects.filter(pk=waiting.pk).exists()
 
@@ -567,8 +568,8 @@ def test_groups_take_staff_members_and_categories_leave_records_when_deleted(
     alex = staff_with_role("alex", AGENT)
     jane, _ = get_or_create_end_user(email="jane@customer.test")
     form = admin_client.get(reverse("lookups:new", args=["groups"])).content.decode()
-    assert 'value="%d"' % alex.pk in form
-    assert 'value="%d"' % jane.pk not in form  # end users are never members
+    assert f'value="{alex.pk}"' in form
+    assert f'value="{jane.pk}"' not in form  # end users are never members
 
     admin_client.post(
         reverse("lookups:new", args=["groups"]), {"name": "Hardware", "members": [alex.pk]}
