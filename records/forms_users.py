@@ -80,9 +80,7 @@ class InviteForm(StaffFields):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["roles"].initial = [g.pk for g in Group.objects.filter(name=AGENT)]
-        self.fields[
-            "email"
-        ].help_text = "The invitation with the link to choose a password goes here."
+        self.fields["email"].help_text = "The invitation, with the link to choose a password."
 
 
 class StaffUserForm(StaffFields):

@@ -31,6 +31,9 @@ class MyAccountView(LoginRequiredMixin, View):
         status: int = 200,
     ) -> HttpResponse:
         user = request.user
+        password = password or PasswordChangeForm(user)
+        # The name form comes first on the page: the password form must not take the focus.
+        password.fields["old_password"].widget.attrs.pop("autofocus", None)
         context = {
             "details": details
             or MyAccountForm(
@@ -40,7 +43,7 @@ class MyAccountView(LoginRequiredMixin, View):
                     "email": user.email,
                 }
             ),
-            "password": password or PasswordChangeForm(user),
+            "password": password,
         }
         return render(request, "records/account.html", context, status=status)
 
