@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
 from django.forms import Form
 from django.http import HttpRequest, HttpResponse
@@ -30,6 +30,13 @@ def desk_base_url(request: HttpRequest) -> str:
     """Where links in the desk's emails point: PUBLIC_BASE_URL when set (behind a proxy),
     else the address this request came to (its host checked against ALLOWED_HOSTS)."""
     return settings.PUBLIC_BASE_URL or request.build_absolute_uri("/")
+
+
+def check_may_change(request: HttpRequest, person: User) -> None:
+    """Only a superuser changes a superuser: an Administrator who could set a superuser's
+    email could take the account over with a password reset."""
+    if person.is_superuser and not request.user.is_superuser:
+        raise PermissionDenied("Only a superuser can change a superuser.")
 
 
 def add_errors(form: Form, error: ValidationError) -> None:
@@ -103,7 +110,11 @@ class UserInviteView(StaffPermissionRequiredMixin, View):
 def _render_user_page(
     request: HttpRequest, user: User, *, form: StaffUserForm | None = None, status: int = 200
 ) -> HttpResponse:
-    context: dict[str, Any] = {"person": user}
+    context: dict[str, Any] = {
+        "person": user,
+        "may_change": request.user.has_perm("records.change_user")
+        and (request.user.is_superuser or not user.is_superuser),
+    }
     if user.is_staff:
         context["form"] = form or StaffUserForm(user=user)
         context["invitation_pending"] = not user.has_usable_password()
@@ -127,6 +138,7 @@ class UserDetailView(StaffPermissionRequiredMixin, View):
 
     def post(self, request: HttpRequest, pk: int) -> HttpResponse:
         user = get_object_or_404(User, pk=pk, is_staff=True)
+        check_may_change(request, user)
         form = StaffUserForm(request.POST, user=user)
         if form.is_valid():
             try:
@@ -147,6 +159,7 @@ class UserActiveView(StaffPermissionRequiredMixin, View):
 
     def post(self, request: HttpRequest, pk: int) -> HttpResponse:
         user = get_object_or_404(User, pk=pk)
+        check_may_change(request, user)
         active = request.POST.get("active") == "1"
         try:
             accounts.set_user_active(user=user, active=active, actor=request.user)
@@ -169,6 +182,7 @@ class UserResendInvitationView(StaffPermissionRequiredMixin, View):
 
     def post(self, request: HttpRequest, pk: int) -> HttpResponse:
         user = get_object_or_404(User, pk=pk, is_staff=True, is_active=True)
+        check_may_change(request, user)
         if not user.email:
             messages.error(request, "This user has no email address: add one first.")
             return redirect("users:detail", pk=user.pk)

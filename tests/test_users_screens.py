@@ -589,3 +589,19 @@ def test_groups_take_staff_members_and_categories_leave_records_when_deleted(
 
     record.refresh_from_db()
     assert record.category is None
+
+
+def test_only_a_superuser_changes_a_superuser(admin_client: Client, admin_user: User) -> None:
+    page = admin_client.get(reverse("users:detail", args=[admin_user.pk]))
+    assert page.status_code == 200
+    assert b"Deactivate" not in page.content
+
+    changed = admin_client.post(
+        reverse("users:detail", args=[admin_user.pk]),
+        {"first_name": "Mallory", "email": "mallory@evil.test", "roles": []},
+    )
+    deactivated = admin_client.post(reverse("users:active", args=[admin_user.pk]), {"active": "0"})
+
+    assert changed.status_code == 403 and deactivated.status_code == 403
+    admin_user.refresh_from_db()
+    assert admin_user.email == "admin@desk.test" and admin_user.is_active
