@@ -3,6 +3,8 @@ reset. They shape input; records.accounts decides."""
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Iterator
 from typing import Any
 
 from django import forms
@@ -123,11 +125,26 @@ class MyAccountForm(forms.Form):
     )
 
 
+def _folded(address: str) -> str:
+    return unicodedata.normalize("NFKC", address).casefold()
+
+
 class DeskPasswordResetForm(PasswordResetForm):
     """Django's form (active users with a usable password, found by address regardless of
     case), sending through the desk's own sending path instead of EMAIL_BACKEND."""
 
     email = forms.EmailField(label="Email address", max_length=254)
+
+    def get_users(self, email: str) -> Iterator[User]:
+        """Active users with this address and a password, as Django's form finds them, and
+        invited staff who have not chosen a password yet (their invitation may have
+        expired). End users never get one: they work with the desk by email only."""
+        wanted = _folded(email)
+        for user in User.objects.filter(email__iexact=email, is_active=True):
+            # The database's case-insensitive match may join addresses that Unicode keeps
+            # apart (Django's form checks the same): the link goes only to the same address.
+            if _folded(user.email) == wanted and (user.has_usable_password() or user.is_staff):
+                yield user
 
     def send_mail(
         self,

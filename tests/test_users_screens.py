@@ -441,6 +441,21 @@ def test_a_forgotten_password_is_reset_through_a_link_in_an_email(
     assert alex.check_password(NEW_PASSWORD)
 
 
+def test_invited_staff_without_a_password_get_a_link_and_end_users_none(
+    client: Client, smtp_integration, quiet
+) -> None:
+    smtp_integration()
+    invited = User.objects.create(username="ada", email="ada@desk.test", is_staff=True)
+    invited.set_unusable_password()
+    invited.save()
+    get_or_create_end_user(email="jane@customer.test")
+
+    for address in ("ada@desk.test", "jane@customer.test"):
+        client.post(reverse("password_reset"), {"email": address})
+
+    assert [row.to_addresses for row in OutboxEmail.objects.all()] == [["ada@desk.test"]]
+
+
 def test_password_reset_links_to_one_address_are_limited_per_hour(
     client: Client, smtp_integration, quiet
 ) -> None:
