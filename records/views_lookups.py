@@ -83,7 +83,11 @@ class LookupMixin(StaffPermissionRequiredMixin):
 
 class LookupListView(LookupMixin, View):
     def get(self, request: HttpRequest) -> HttpResponse:
-        rows = self.lookup.model.objects.annotate(record_count=Count("records", distinct=True))
+        model = self.lookup.model
+        # An aggregate drops Meta.ordering (Django's rule for GROUP BY): ask for it again.
+        rows = model.objects.annotate(record_count=Count("records", distinct=True)).order_by(
+            *model._meta.ordering
+        )
         if self.lookup.model is AdminGroup:
             rows = rows.prefetch_related("members")
         return render(request, "records/lookups/list.html", self.context(rows=rows))

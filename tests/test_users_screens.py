@@ -542,6 +542,9 @@ def test_statuses_are_created_edited_and_deleted_unless_in_use(admin_client: Cli
     assert created.status_code == 302
     waiting = Status.objects.get(name="Waiting for parts")
     assert not waiting.is_closed
+    listed = admin_client.get(reverse("lookups:list", args=["statuses"])).content.decode()
+    names = re.findall(r'data-name="([^"]+)"', listed)
+    assert names.index("In Progress") < names.index("Waiting for parts") < names.index("Closed")
 
     duplicate = admin_client.post(
         reverse("lookups:new", args=["statuses"]), {"name": "Open", "order": "1"}
