@@ -7,5 +7,6 @@ class MailworkerConfig(AppConfig):
 
     def ready(self) -> None:
         # Connect the receivers of records' domain events (notifications, replies), and of
-        # saved integrations (a Microsoft 365 (Graph) one subscribes to push).
-        from mailworker import graph_signals, notifications  # noqa: F401
+        # saved integrations (a Microsoft 365 (Graph) one subscribes to push), and of
+        # account emails (invitations, password reset links).
+        from mailworker import account_emails, graph_signals, notifications  # noqa: F401

@@ -30,6 +30,8 @@ class OutboxEmail(models.Model):
         SIZE_NOTICE = "size_notice", "Notice: email too large"
         NOTIFICATION = "notification", "Notification"
         REPLY = "reply", "Reply by an agent"
+        INVITATION = "invitation", "Invitation to the desk"
+        PASSWORD_RESET = "password_reset", "Password reset link"
 
     class State(models.TextChoices):
         PENDING = "pending", "Pending"

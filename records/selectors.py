@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.contrib.auth.models import Permission
+from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet
 
 from integrations import selectors as integration_selectors
 from integrations.models import EmailIntegration
@@ -139,3 +140,66 @@ def default_reply_integration(
     """The integration a reply goes out through unless the agent picks another: the same
     rule as every email the desk sends about the record."""
     return integration_selectors.sending_integration(record=record, choices=choices)
+
+
+# People (Settings > Users) ---------------------------------------------------------------
+
+
+def user_managers() -> QuerySet[User]:
+    """Active staff who may change users (superusers, or through a role): the desk must keep
+    at least one."""
+    granted = Permission.objects.filter(content_type__app_label="records", codename="change_user")
+    return User.objects.filter(is_active=True, is_staff=True).filter(
+        Q(is_superuser=True) | Q(user_permissions__in=granted) | Q(groups__permissions__in=granted)
+    )
+
+
+def _matching(users: QuerySet[User], query: str) -> QuerySet[User]:
+    for word in query.split():
+        users = users.filter(
+            Q(username__icontains=word)
+            | Q(email__icontains=word)
+            | Q(first_name__icontains=word)
+            | Q(last_name__icontains=word)
+        )
+    return users
+
+
+def administrators() -> QuerySet[User]:
+    """Superusers and staff with the Administrator role."""
+    from records.roles import ADMINISTRATOR
+
+    return User.objects.filter(is_staff=True).filter(
+        Q(is_superuser=True) | Q(groups__name=ADMINISTRATOR)
+    )
+
+
+def staff_users(*, query: str = "", administrators_only: bool) -> QuerySet[User]:
+    """Admins (administrators_only) or the other staff, the agents; active ones first."""
+    admin_ids = administrators().values("pk")
+    users = User.objects.filter(is_staff=True)
+    users = (
+        users.filter(pk__in=admin_ids) if administrators_only else users.exclude(pk__in=admin_ids)
+    )
+    return (
+        _matching(users, query)
+        .prefetch_related("groups", "admin_groups")
+        .order_by("-is_active", "first_name", "last_name", "username")
+    )
+
+
+def end_users(*, query: str = "") -> QuerySet[User]:
+    """Users who are not staff (senders the mail engine registered), with how many records
+    they requested and when their last one was opened; the most recent first."""
+    users = _matching(User.objects.filter(is_staff=False), query)
+    return users.annotate(
+        record_count=Count("requested_records"), last_record_at=Max("requested_records__created_at")
+    ).order_by(F("last_record_at").desc(nulls_last=True), "email", "pk")
+
+
+def records_requested_by(*, user: User) -> QuerySet[ServiceRecord]:
+    return (
+        ServiceRecord.objects.filter(requester=user)
+        .select_related("status", "assigned_admin")
+        .order_by("-created_at", "-pk")
+    )
