@@ -246,7 +246,8 @@ def on_escalated(sender, record: ServiceRecord, **kwargs):
 
 @receiver(signals.agent_replied)
 def on_agent_replied(sender, message: Message, integration_id: int | None = None, **kwargs):
-    """An agent's reply is a person's email: never capped, always threaded."""
+    """An agent's reply is a person's email: never capped, always threaded, with the Cc,
+    Bcc and files the agent added (the files are read from the message log when sent)."""
     record = message.record
     integration = None
     if integration_id is not None:
@@ -263,6 +264,8 @@ def on_agent_replied(sender, message: Message, integration_id: int | None = None
         integration=integration,
         log_message=message,
         automatic=False,
+        cc=message.cc_addresses,
+        bcc=message.bcc_addresses,
     )
 
 
