@@ -239,9 +239,15 @@ def on_details_changed(sender, record: ServiceRecord, actor=None, changes=None, 
 
 
 @receiver(signals.record_escalated)
-def on_escalated(sender, record: ServiceRecord, **kwargs):
+def on_escalated(sender, record: ServiceRecord, actor=None, **kwargs):
+    """`actor`: the agent who pressed "Escalate now" (None: the due date passed)."""
     if current_settings().admins_on_escalated:
-        notify(record=record, to=admin_addresses(record), template="record_escalated", context={})
+        notify(
+            record=record,
+            to=admin_addresses(record, exclude=actor),
+            template="record_escalated",
+            context={"actor": actor},
+        )
 
 
 @receiver(signals.agent_replied)

@@ -529,7 +529,7 @@ def set_due_date(*, record: ServiceRecord, due_at: datetime | None) -> bool:
     return True
 
 
-def escalate_record(*, record: ServiceRecord) -> None:
+def escalate_record(*, record: ServiceRecord, actor: User) -> None:
     """Escalate now: admins are told at once, as when the due date passes; the record is
     marked escalated, so the due-date task does not tell them a second time."""
     if record.status.is_closed:
@@ -537,7 +537,7 @@ def escalate_record(*, record: ServiceRecord) -> None:
     with transaction.atomic():
         record.escalated_at = timezone.now()
         record.save(update_fields=["escalated_at", "updated_at"])
-        signals.record_escalated.send(sender=ServiceRecord, record=record)
+        signals.record_escalated.send(sender=ServiceRecord, record=record, actor=actor)
 
 
 def change_records_in_bulk(

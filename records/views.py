@@ -304,7 +304,7 @@ class RecordEscalateView(StaffPermissionRequiredMixin, View):
     def post(self, request: HttpRequest, pk: int) -> HttpResponse:
         record = _changeable_record(pk)
         try:
-            services.escalate_record(record=record)
+            services.escalate_record(record=record, actor=request.user)
         except ValidationError as exc:
             messages.error(request, " ".join(exc.messages))
         else:
