@@ -3,8 +3,9 @@ decides what to send (DESIGN.md: imports point one way). Every signal is sent in
 transaction of the change, so what a receiver writes (the outbox) commits with it. Each is
 sent by the service of records/services.py that makes the change: record_created and
 message_added by record_email_received, record_details_changed by change_record_details,
-agent_replied by post_agent_reply, record_escalated by escalate_overdue_records and escalate_record. open_record_for_requester
-sends record_created (message None) for a record an agent opened by hand.
+agent_replied by post_agent_reply, record_escalated by escalate_overdue_records and
+escalate_record; open_record_for_requester sends record_created (message None) for a record
+an agent opened by hand.
 """
 
 from django.dispatch import Signal

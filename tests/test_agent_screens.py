@@ -249,9 +249,7 @@ def test_reply_with_cc_bcc_and_an_attachment_reaches_everyone_without_a_bcc_head
     assert "The report is attached." in parsed.get_body(("plain",)).get_content()
 
 
-def test_attachments_over_the_limit_are_refused_with_the_sizes(
-    agent_client: Client, settings
-):
+def test_attachments_over_the_limit_are_refused_with_the_sizes(agent_client: Client, settings):
     settings.REPLY_ATTACHMENTS_MAX_BYTES = 1000
     record = new_record("Printer on fire")
     response = agent_client.post(
@@ -278,9 +276,7 @@ def test_a_wrong_cc_address_is_named(agent_client: Client):
 # Internal notes ----------------------------------------------------------------------------
 
 
-def test_an_internal_note_is_logged_for_staff_and_emailed_to_no_one(
-    agent_client: Client, agent
-):
+def test_an_internal_note_is_logged_for_staff_and_emailed_to_no_one(agent_client: Client, agent):
     NotificationSettings.objects.update_or_create(
         pk=1, defaults={"end_user_on_updated": True, "admins_on_updated": True}
     )
@@ -335,9 +331,7 @@ def test_escalate_now_tells_the_admins_once(
     assert "Escalated" in response.text.split('id="record-details"')[1].split("</dl>")[0]
 
     # The due-date task does not tell them a second time.
-    ServiceRecord.objects.filter(pk=record.pk).update(
-        due_at=timezone.now() - timedelta(hours=1)
-    )
+    ServiceRecord.objects.filter(pk=record.pk).update(due_at=timezone.now() - timedelta(hours=1))
     assert escalate_overdue_records() == 0
 
     record.status = Status.objects.get(name="Closed")
