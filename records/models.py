@@ -162,6 +162,13 @@ class ServiceRecord(models.Model):
     def display_number(self) -> str:
         return f"#{self.pk}"
 
+    @property
+    def is_overdue(self) -> bool:
+        """Open and past its due date (the status is read: select it with the record)."""
+        return (
+            self.due_at is not None and self.due_at < timezone.now() and not self.status.is_closed
+        )
+
 
 class Direction(models.TextChoices):
     INCOMING = "in", "Incoming"

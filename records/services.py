@@ -395,7 +395,7 @@ def add_internal_note(*, record: ServiceRecord, author: User, body: str) -> Mess
         record=record,
         direction=Direction.OUTGOING,
         from_address=author.email,
-        subject="Internal note",
+        subject="",
         text_body=body,
         author=author,
         is_internal=True,

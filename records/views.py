@@ -178,7 +178,6 @@ def _render_record_page(
         "note_form": note_form or NoteForm(),
         "due_form": due_form or DueDateForm(initial={"due_at": record.due_at}),
         "merge_form": merge_form or MergeForm(record=record),
-        "overdue": record.due_at is not None and record.due_at < timezone.now(),
     }
     return render(request, "records/detail.html", context, status=status)
 
