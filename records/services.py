@@ -599,6 +599,10 @@ def merge_records(*, kept: ServiceRecord, merged: ServiceRecord, actor: User) ->
         if locked[kept.pk].merged_into_id or locked[merged.pk].merged_into_id:
             raise ValidationError("One of these records was merged meanwhile: reload the page.")
         Message.objects.filter(record=merged).update(record=kept)
+        # The emails about it (held back ones among them) follow; the outbox belongs to the
+        # mail engine, never imported here, and is reached through its reverse relation.
+        if hasattr(ServiceRecord, "outbox_emails"):
+            merged.outbox_emails.update(record=kept)
         ServiceRecord.objects.filter(merged_into=merged).update(merged_into=kept)
         merged.merged_into = kept
         merged.status = closed_status()
