@@ -12,7 +12,6 @@ import email
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from email.policy import default as default_policy
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -27,8 +26,6 @@ from tests.mail import make_email
 
 pytestmark = pytest.mark.browser
 T = TypeVar("T")
-# Set to a directory to keep the screens as PNGs (docs/screenshots/agent-*.png were taken so).
-SCREENSHOTS: Path | None = None
 
 
 def in_worker_thread(work: Callable[[], T]) -> T:
@@ -42,11 +39,6 @@ def in_worker_thread(work: Callable[[], T]) -> T:
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(run).result(timeout=120)
-
-
-def screenshot(page: Page, name: str) -> None:
-    if SCREENSHOTS is not None:
-        page.screenshot(path=str(SCREENSHOTS / f"agent-{name}.png"), full_page=False)
 
 
 def record_of(email_address: str, title: str) -> ServiceRecord:
@@ -78,7 +70,6 @@ def test_agent_replies_with_an_attachment_and_a_cc(
     page.get_by_label("Attachments").set_input_files(
         files=[{"name": "manual.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1.4 x"}]
     )
-    screenshot(page, "reply")
     page.get_by_role("button", name="Send reply").click()
 
     expect(page.get_by_role("status")).to_contain_text(f"Reply to #{record.pk} queued")
@@ -108,7 +99,6 @@ def test_agent_opens_a_record_by_hand_for_a_phone_call(admin_page: Page, quiet) 
     page.get_by_label("Description").fill("Bob called at 9:10: a black screen since the update.")
     page.get_by_label("Priority").select_option(label="High")
     page.get_by_label("Assigned admin").select_option(label="admin")
-    screenshot(page, "new-record")
     page.get_by_role("button", name="Open record").click()
 
     record = ServiceRecord.objects.get()
@@ -120,11 +110,17 @@ def test_agent_opens_a_record_by_hand_for_a_phone_call(admin_page: Page, quiet) 
     expect(page.locator("#record-details .assigned-admin")).to_have_text("admin")
     assert record.requester.email == "bob@customer.test" and not record.requester.is_staff
 
-    # My records shows it, sorted by title.
+    # My records shows it; selected with the header's box, it changes status in bulk.
     page.get_by_role("link", name="Records", exact=True).click()
     page.get_by_role("link", name="My records").click()
     expect(page.locator("#records tbody tr")).to_have_count(1)
-    screenshot(page, "list")
+    page.get_by_label("Select all records of this page").check()
+    expect(page.get_by_label(f"Select #{record.pk}")).to_be_checked()
+    page.get_by_label("Set status").select_option(label="In Progress")
+    page.get_by_role("button", name="Apply to selected").click()
+    expect(page.get_by_role("status")).to_contain_text(f"Changed 1 of 1 records: #{record.pk}.")
+    expect(page.locator(f'tr[data-record="{record.pk}"]')).to_contain_text("In Progress")
+    expect(page.get_by_role("link", name="My records")).to_have_attribute("aria-current", "page")
 
 
 def test_agent_merges_two_records_and_the_old_number_threads_into_the_kept_one(
@@ -150,7 +146,8 @@ def test_agent_merges_two_records_and_the_old_number_threads_into_the_kept_one(
     page.set_viewport_size({"width": 1280, "height": 900})
     page.goto(f"/records/{old.pk}/")
     page.get_by_label("Merge this record into #").fill(str(kept.pk))
-    screenshot(page, "record")
+    # The page asks first: a merge cannot be undone.
+    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Merge into that record").click()
 
     expect(page.get_by_role("status")).to_contain_text(f"Merged #{old.pk} into #{kept.pk}")
