@@ -140,7 +140,13 @@ class RecordCreateView(StaffPermissionRequiredMixin, View):
             except ValidationError as exc:
                 form.add_error(None, exc)
             else:
-                told = " The requester was emailed." if data["notify_requester"] else ""
+                # The usual acknowledgement: it goes when Notifications send it for new records.
+                told = (
+                    " The requester's acknowledgement is on its way (when notifications to end "
+                    "users about new records are on)."
+                    if data["notify_requester"]
+                    else ""
+                )
                 messages.success(request, f"Opened {record.display_number}.{told}")
                 return redirect("records:detail", pk=record.pk)
         return render(request, "records/new.html", {"form": form}, status=400)

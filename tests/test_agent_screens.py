@@ -160,7 +160,9 @@ def test_agent_opens_a_record_for_a_new_address_and_the_requester_is_told(
     )
     record = ServiceRecord.objects.get()
     assert response.redirect_chain == [(f"/records/{record.pk}/", 302)]
-    assert f"Opened #{record.pk}. The requester was emailed." in response.text
+    assert f"Opened #{record.pk}. The requester&#x27;s acknowledgement is on its way" in (
+        response.text
+    )
     bob = record.requester
     # An end user, made as the mail engine makes one for an unknown sender.
     assert bob.email == "bob@customer.test" and not bob.is_staff
