@@ -61,6 +61,9 @@ class OutboxEmail(models.Model):
         related_name="outbox_emails",
     )
     to_addresses = models.JSONField(default=list)
+    # An agent's reply: Cc goes in the header, Bcc only in the envelope (never a header).
+    cc_addresses = models.JSONField(default=list, blank=True)
+    bcc_addresses = models.JSONField(default=list, blank=True)
     # Automatic emails go one recipient a row, so the per-recipient cap is one indexed count.
     recipient = models.CharField(max_length=320, blank=True)
     subject = models.CharField(max_length=998, blank=True)

@@ -136,6 +136,11 @@ class ServiceRecord(models.Model):
     escalated_at = models.DateTimeField(
         null=True, blank=True, help_text="When admins were told the due date had passed."
     )
+    # Set when an agent merged this record into another: its message log moved there, it
+    # is closed, and an email naming its number threads into the kept record.
+    merged_into = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="merged_records"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -158,6 +163,13 @@ class ServiceRecord(models.Model):
     @property
     def display_number(self) -> str:
         return f"#{self.pk}"
+
+    @property
+    def is_overdue(self) -> bool:
+        """Open and past its due date (the status is read: select it with the record)."""
+        return (
+            self.due_at is not None and self.due_at < timezone.now() and not self.status.is_closed
+        )
 
 
 class Direction(models.TextChoices):
@@ -187,6 +199,9 @@ class Message(models.Model):
     from_address = models.CharField(max_length=998, blank=True)
     to_addresses = models.JSONField(default=list, blank=True)
     cc_addresses = models.JSONField(default=list, blank=True)
+    # An agent's reply only: the hidden recipients, shown to staff in the log, never sent in
+    # a header, and not participants of the record (is_on_record reads To and Cc only).
+    bcc_addresses = models.JSONField(default=list, blank=True)
     subject = models.CharField(max_length=998, blank=True)
     text_body = models.TextField(blank=True)
     html_body = models.TextField(blank=True, help_text="Sanitised HTML, safe to show.")

@@ -269,6 +269,9 @@ HEARTBEAT_MAX_AGE_SECONDS = env.int("HEARTBEAT_MAX_AGE_SECONDS", default=120)
 
 # An email larger than this is not imported: its headers are quarantined, the sender told.
 MAX_INCOMING_EMAIL_BYTES = env.int("MAX_INCOMING_EMAIL_BYTES", default=25 * 1024 * 1024)
+# The files an agent attaches to one reply, together: the email grows by a third in base64,
+# and most receiving servers refuse more than 25 MB.
+REPLY_ATTACHMENTS_MAX_BYTES = env.int("REPLY_ATTACHMENTS_MAX_BYTES", default=10 * 1024 * 1024)
 
 # Automatic emails (notifications, notices) to one address within an hour; more are held
 # back as "suppressed" (a loop with an auto-responder stops here).

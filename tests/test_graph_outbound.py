@@ -22,6 +22,7 @@ from mailworker.models import NotificationSettings, OutboxEmail
 from mailworker.outbound.queue import queue_email
 from mailworker.pipeline.passes import run_pass
 from records.models import Direction, ServiceRecord
+from records.services import create_record, get_or_create_end_user, post_agent_reply
 from tests.graph_helpers import make_graph_integration
 from tests.graph_server import GraphServer
 from tests.mail import make_email
@@ -133,6 +134,34 @@ def test_an_acknowledgement_goes_out_through_graph_byte_for_byte_and_the_reply_t
     assert report.counts["appended"] == 1, report.errors
     assert ServiceRecord.objects.count() == 1
     assert [m.direction for m in record.messages.order_by("id")] == ["in", "out", "in"]
+
+
+def test_an_agent_s_bcc_reaches_graph_only_as_the_bcc_header_graph_strips(
+    graph, graph_desk, django_user_model
+) -> None:
+    """Graph reads the recipients from the MIME's headers: the Bcc the stored email never
+    carries is added for Graph alone (Exchange removes it from what the recipients get)."""
+    integration = graph_desk()
+    requester, _ = get_or_create_end_user(email="jane@customer.test")
+    record = create_record(title="Printer on fire", description="", requester=requester)
+    agent = django_user_model.objects.create_user(
+        username="agent", email="agent@desk.test", is_staff=True
+    )
+    post_agent_reply(
+        record=record,
+        author=agent,
+        body="Unplug it.",
+        integration_id=integration.pk,
+        cc=["boss@customer.test"],
+        bcc=["audit@partner.test"],
+    )
+    assert send_due().sent == 1
+    _mailbox, mime = graph.sent[-1]
+    message = parsed(mime)
+    assert message["Bcc"] == "audit@partner.test"
+    assert message["Cc"] == "boss@customer.test" and message["To"] == "jane@customer.test"
+    (row,) = OutboxEmail.objects.filter(record=record)
+    assert b"audit@partner.test" not in bytes(row.raw_message)
 
 
 # Throttling and failures ---------------------------------------------------------------------
