@@ -25,7 +25,21 @@ from integrations.oauth.services import (
     finish_connect,
     provider_name,
 )
+from integrations.selectors import sending_integration
 from integrations.services import delete_integration, save_integration
+from integrations.validation import sender_list_overlaps
+
+# Where a Test button's outcome waits for the page it redirects to (POST/redirect/GET: a
+# reload shows the page again without sending another test email). mailworker's Test views
+# write it; the integration's page reads it once.
+TEST_OUTCOME_SESSION_PREFIX = "integration-test-outcome:"
+
+
+def pop_test_outcome(request: HttpRequest, integration: EmailIntegration) -> dict[str, Any]:
+    """The last Test outcome of this integration in this session, shown once."""
+    if integration.pk is None:
+        return {}
+    return request.session.pop(f"{TEST_OUTCOME_SESSION_PREFIX}{integration.pk}", None) or {}
 
 
 class StaffPermissionRequiredMixin(PermissionRequiredMixin):
@@ -48,6 +62,8 @@ class IntegrationListView(StaffPermissionRequiredMixin, ListView):
         context = super().get_context_data(**kwargs)
         context["limits"] = current_limits()
         context["has_default"] = any(i.is_default for i in context["integrations"])
+        # Which integration system emails really go out through: the default when it sends.
+        context["system_sender"] = sending_integration()
         return context
 
 
@@ -69,12 +85,14 @@ class IntegrationFormView(StaffPermissionRequiredMixin, View):
         return EmailIntegration()
 
     def get(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:
-        form = EmailIntegrationForm(instance=self.get_integration())
-        return self.render(form)
+        integration = self.get_integration()
+        form = EmailIntegrationForm(instance=integration)
+        return self.render(form, test=pop_test_outcome(request, integration))
 
     def post(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:
         integration = self.get_integration()
         is_new = integration.pk is None
+        was_default = integration.is_default
         form = EmailIntegrationForm(request.POST, instance=integration)
         if form.is_valid():
             try:
@@ -89,11 +107,57 @@ class IntegrationFormView(StaffPermissionRequiredMixin, View):
             else:
                 verb = "created" if is_new else "saved"
                 messages.success(request, f"Integration “{saved.name}” {verb}.")
+                self.explain_default(
+                    saved, asked=form.cleaned_data["is_default"], was_default=was_default
+                )
+                for overlap in sender_list_overlaps(
+                    accepted=saved.whitelist_senders, ignored=saved.ignore_senders
+                ):
+                    messages.warning(request, f"The sender lists overlap: {overlap}")
                 return HttpResponseRedirect(reverse("integrations:edit", args=[saved.pk]))
         return self.render(form, status=400)
 
-    def render(self, form: EmailIntegrationForm, status: int = 200) -> HttpResponse:
-        context = {"form": form, "integration": form.instance, "limits": current_limits()}
+    def explain_default(self, saved: EmailIntegration, *, asked: bool, was_default: bool) -> None:
+        """Say so when the default mark is not where the checkbox asked for it."""
+        name = saved.name
+        if saved.is_default and not asked and was_default:
+            messages.warning(
+                self.request,
+                f"“{name}” stays the default integration: the desk needs one to send its system "
+                "emails. Choose another integration as default first: open it and tick “Use as "
+                "default email integration” there.",
+            )
+        elif saved.is_default and not asked:
+            messages.info(
+                self.request,
+                f"“{name}” is now the default integration: no other integration that sends was "
+                "the default, so it sends the desk's system emails.",
+            )
+        elif was_default and not saved.is_default:
+            successor = EmailIntegration.objects.filter(is_default=True).first()
+            messages.info(
+                self.request,
+                f"“{name}” is no longer the default integration; "
+                + (
+                    f"“{successor.name}” sends the desk's system emails now."
+                    if successor
+                    else "no integration sends email, so the desk cannot send system emails."
+                ),
+            )
+
+    def render(
+        self, form: EmailIntegrationForm, status: int = 200, test: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        context = {
+            "form": form,
+            "integration": form.instance,
+            "limits": current_limits(),
+            "error_summary": form.error_summary() if form.is_bound else [],
+            # A Test button's outcome, shown in its panel (and next to the field it concerns).
+            "test_outcome": (test or {}).get("outcome"),
+            "test_direction": (test or {}).get("direction", ""),
+            "test_to": (test or {}).get("to", ""),
+        }
         return render(
             request=self.request, template_name=self.template_name, context=context, status=status
         )
