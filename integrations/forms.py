@@ -20,7 +20,6 @@ from integrations.models import (
 from integrations.services import SECRET_FIELDS, Secrets
 from records.models import Status
 
-
 # The page's sections, so that an error summary says which "Password" or "Protocol" it means.
 SECTION_OF_FIELD = {
     **dict.fromkeys(("name", "description", "is_default"), ""),
@@ -267,14 +266,15 @@ class EmailIntegrationForm(forms.ModelForm):
         the top of the page links to them, since most sit far below."""
         lines = [FieldError("", "", str(message)) for message in self.non_field_errors()]
         for name, field in self.fields.items():
+            label = str(field.label or name).rstrip(":")
+            label = label[:1].upper() + label[1:]
             section = SECTION_OF_FIELD.get(name, "Incoming Emails")
-            label = str(field.label or name.replace("_", " ")).rstrip(":")
             if section and name not in ANCHOR_OF_FIELD:
-                label = f"{section} › {label[:1].upper()}{label[1:]}"
-            else:
-                label = label[:1].upper() + label[1:]
+                label = f"{section} › {label}"
             anchor = ANCHOR_OF_FIELD.get(name, f"field-{name}")
-            lines.extend(FieldError(anchor, label, str(message)) for message in self.errors.get(name, ()))
+            lines.extend(
+                FieldError(anchor, label, str(message)) for message in self.errors.get(name, ())
+            )
         return lines
 
     def secrets(self) -> Secrets:

@@ -114,9 +114,7 @@ def sender_list_overlaps(*, accepted: list[str], ignored: list[str]) -> list[str
     for accept in accepted:
         for ignore in ignored:
             if _covers(accept, ignore) and _covers(ignore, accept):
-                overlaps.append(
-                    f"{_shown(accept)} is on both lists: its emails are ignored."
-                )
+                overlaps.append(f"{_shown(accept)} is on both lists: its emails are ignored.")
             elif _covers(ignore, accept):
                 overlaps.append(
                     f"{_shown(accept)} is accepted, but the ignored {_shown(ignore)} covers it: "

@@ -106,44 +106,21 @@ class IntegrationFormView(StaffPermissionRequiredMixin, View):
                 form.add_error(None, exc)
             else:
                 verb = "created" if is_new else "saved"
-                messages.success(request, f"Integration “{saved.name}” {verb}.")
-                self.explain_default(
+                saved_text = f"Integration “{saved.name}” {verb}."
+                note = default_note(
                     saved, asked=form.cleaned_data["is_default"], was_default=was_default
                 )
+                if note is None:
+                    messages.success(request, saved_text)
+                else:
+                    level, text = note
+                    messages.add_message(request, level, f"{saved_text} {text}")
                 for overlap in sender_list_overlaps(
                     accepted=saved.whitelist_senders, ignored=saved.ignore_senders
                 ):
                     messages.warning(request, f"The sender lists overlap: {overlap}")
                 return HttpResponseRedirect(reverse("integrations:edit", args=[saved.pk]))
         return self.render(form, status=400)
-
-    def explain_default(self, saved: EmailIntegration, *, asked: bool, was_default: bool) -> None:
-        """Say so when the default mark is not where the checkbox asked for it."""
-        name = saved.name
-        if saved.is_default and not asked and was_default:
-            messages.warning(
-                self.request,
-                f"“{name}” stays the default integration: the desk needs one to send its system "
-                "emails. Choose another integration as default first: open it and tick “Use as "
-                "default email integration” there.",
-            )
-        elif saved.is_default and not asked:
-            messages.info(
-                self.request,
-                f"“{name}” is now the default integration: no other integration that sends was "
-                "the default, so it sends the desk's system emails.",
-            )
-        elif was_default and not saved.is_default:
-            successor = EmailIntegration.objects.filter(is_default=True).first()
-            messages.info(
-                self.request,
-                f"“{name}” is no longer the default integration; "
-                + (
-                    f"“{successor.name}” sends the desk's system emails now."
-                    if successor
-                    else "no integration sends email, so the desk cannot send system emails."
-                ),
-            )
 
     def render(
         self, form: EmailIntegrationForm, status: int = 200, test: dict[str, Any] | None = None
@@ -161,6 +138,40 @@ class IntegrationFormView(StaffPermissionRequiredMixin, View):
         return render(
             request=self.request, template_name=self.template_name, context=context, status=status
         )
+
+
+def default_note(
+    saved: EmailIntegration, *, asked: bool, was_default: bool
+) -> tuple[int, str] | None:
+    """What to tell the admin when the default mark is not where the checkbox asked for it
+    (integrations.services decides where it goes): a message level and the words."""
+    if saved.is_default and not asked and was_default:
+        return (
+            messages.WARNING,
+            "It stays the default integration: the desk needs one to send its system emails. "
+            "Choose another integration as default first: open it and tick “Use as default "
+            "email integration” there.",
+        )
+    if saved.is_default and not asked:
+        return (
+            messages.SUCCESS,
+            "It is the default integration: no other integration that sends was, so it "
+            "sends the desk's system emails.",
+        )
+    if was_default and not saved.is_default:
+        successor = EmailIntegration.objects.filter(is_default=True).first()
+        if successor is None:
+            return (
+                messages.WARNING,
+                "It is no longer the default integration, and no integration that sends is: "
+                "the desk cannot send its system emails.",
+            )
+        return (
+            messages.SUCCESS,
+            f"It is no longer the default integration; “{successor.name}” sends the desk's "
+            "system emails now.",
+        )
+    return None
 
 
 class IntegrationDeleteView(StaffPermissionRequiredMixin, View):

@@ -538,7 +538,8 @@ def test_forwarding_to_a_desk_mailbox_is_refused_like_in_the_form(
     )
     message = import_error(tmp_path, imap_entry(forward_ignored_to=["loop"]))
     assert (
-        "Support: incoming.forward_ignored_to: support@example.com is one of the desk's own addresses" in message
+        "Support: incoming.forward_ignored_to: support@example.com is one of the desk's own "
+        "addresses" in message
     )
 
 
