@@ -211,6 +211,23 @@ class EmailIntegrationForm(forms.ModelForm):
             "ca_certificate": forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
         }
 
+    # The order of the page (templates/integrations/form.html), for the error summary.
+    field_order = [
+        *("name", "description", "is_default", "incoming_enabled", "incoming_protocol"),
+        *("oauth_mailbox_access", "incoming_server", "incoming_port", "incoming_encryption"),
+        *("incoming_username", "incoming_password", "incoming_folder", "graph_processed_folder"),
+        *("poll_interval_seconds", "use_idle", "use_last_record_number"),
+        *("search_body_for_record_number", "change_status_to", "unless_status_in"),
+        *("ignore_senders", "ignore_subject_regex", "whitelist_senders"),
+        *("duplicate_exempt_senders", "forward_ignored_to", "copy_incoming_to", "remove_emojis"),
+        *("bulk_mail_policy", "stranger_policy", "trusted_authserv_ids", "dmarc_failure_policy"),
+        *("oauth_access", "oauth_tenant", "oauth_client_id", "oauth_client_secret"),
+        *("oauth_client_certificate", "oauth_service_account_key", "outgoing_enabled"),
+        *("outgoing_protocol", "email_address", "smtp_host", "smtp_port", "smtp_encryption"),
+        *("smtp_username", "smtp_password", "outgoing_encoding", "outgoing_content_type"),
+        *("outgoing_charset", "verify_certificates", "ca_certificate"),
+    ]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["change_status_to"].empty_label = "Do not change"

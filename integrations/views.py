@@ -135,6 +135,9 @@ class IntegrationFormView(StaffPermissionRequiredMixin, View):
             "test_direction": (test or {}).get("direction", ""),
             "test_to": (test or {}).get("to", ""),
         }
+        failed_field = (context["test_outcome"] or {}).get("field", "")
+        if failed_field in form.fields:
+            context["test_field_label"] = form[failed_field].label
         return render(
             request=self.request, template_name=self.template_name, context=context, status=status
         )

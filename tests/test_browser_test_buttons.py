@@ -70,7 +70,7 @@ def test_a_wrong_smtp_password_is_shown_next_to_the_password_field(
     expect(error).to_contain_text("535")
     expect(page.locator("#outgoing-test #outgoing-test-outcome")).to_contain_text("Test failed")
     # The panel's link leads to the field the error concerns.
-    page.locator("#outgoing-test-outcome").get_by_role("link", name="Go to the field").click()
+    page.locator("#outgoing-test-outcome").get_by_role("link", name="Go to Password").click()
     expect(page).to_have_url(re.compile(r"#field-smtp_password$"))
     expect(page.locator("#field-smtp_password")).to_be_in_viewport()
     assert smtp_server.messages == []
