@@ -74,6 +74,34 @@ def test_unticking_the_default_says_it_stays_the_default(
     assert EmailIntegration.objects.get(pk=main.pk).is_default
 
 
+def test_the_default_that_stops_sending_must_hand_the_mark_on(
+    admin_client: Client, make_integration
+) -> None:
+    main = make_integration(**incoming_imap(name="Main", **_sends("main@example.com")))
+    other = make_integration(**outgoing_smtp(name="Other", email_address="other@example.com"))
+    reads_only = form_data(name="Main", incoming_username="main@example.com")
+
+    refused = admin_client.post(edit_url(main), {**reads_only, "is_default": "on"})
+
+    assert refused.status_code == 400
+    assert "Turn on Outgoing Emails, or untick" in text_of(
+        page(refused), "#field-is_default .field-error"
+    )
+    assert EmailIntegration.objects.get(pk=main.pk).outgoing_enabled
+
+    handed_on = admin_client.post(edit_url(main), reads_only)
+
+    assert handed_on.status_code == 302
+    ((level, text),) = messages_of(handed_on)
+    assert level == "success"
+    assert text == (
+        "Integration “Main” saved. It is no longer the default integration; “Other” sends "
+        "the desk's system emails now."
+    )
+    assert EmailIntegration.objects.get(pk=other.pk).is_default
+    assert not EmailIntegration.objects.get(pk=main.pk).is_default
+
+
 def test_the_first_integration_that_sends_is_made_the_default_and_says_so(
     admin_client: Client,
 ) -> None:
