@@ -27,7 +27,7 @@ from tests.graph_helpers import make_graph_integration
 from tests.graph_server import GraphServer
 from tests.mail import make_email
 from tests.oauth_helpers import connect_with_test_client, make_oauth_integration
-from tests.test_connection_tests import page, text_of
+from tests.test_connection_tests import page, run_test, text_of
 
 pytestmark = pytest.mark.django_db
 State = OutboxEmail.State
@@ -270,8 +270,10 @@ def test_without_mail_send_the_test_button_names_the_permission_next_to_the_app(
     graph.app(integration.oauth_client_id).roles = {"Mail.ReadWrite"}
     client.force_login(admin_user)
 
-    response = client.post(
-        reverse("integration_tests:outgoing", args=[integration.pk]), {"to": "jane@customer.test"}
+    response = run_test(
+        client,
+        reverse("integration_tests:outgoing", args=[integration.pk]),
+        {"to": "jane@customer.test"},
     )
 
     soup = page(response)

@@ -137,8 +137,8 @@ def test_the_roles_migration_creates_the_permissions_it_grants_on_a_database_wit
     # A fresh database has no Permission rows until post_migrate: the migration makes them.
     Permission.objects.all().delete()
     Group.objects.filter(name__in=[ADMINISTRATOR, AGENT, READ_ONLY]).delete()
-    state = MigrationExecutor(connection).loader.project_state(("records", "0007_builtin_roles"))
-    migration = importlib.import_module("records.migrations.0007_builtin_roles")
+    state = MigrationExecutor(connection).loader.project_state(("records", "0009_builtin_roles"))
+    migration = importlib.import_module("records.migrations.0009_builtin_roles")
 
     migration.create_builtin_roles(state.apps, SimpleNamespace(connection=connection))
 
