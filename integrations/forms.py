@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
@@ -18,6 +19,50 @@ from integrations.models import (
 )
 from integrations.services import SECRET_FIELDS, Secrets
 from records.models import Status
+
+# The page's sections, so that an error summary says which "Password" or "Protocol" it means.
+SECTION_OF_FIELD = {
+    **dict.fromkeys(("name", "description", "is_default"), ""),
+    **dict.fromkeys(
+        (
+            "oauth_access",
+            "oauth_tenant",
+            "oauth_client_id",
+            "oauth_client_secret",
+            "oauth_client_certificate",
+            "oauth_service_account_key",
+        ),
+        "OAuth 2.0 app",
+    ),
+    **dict.fromkeys(
+        (
+            "outgoing_enabled",
+            "outgoing_protocol",
+            "email_address",
+            "smtp_host",
+            "smtp_port",
+            "smtp_encryption",
+            "smtp_username",
+            "smtp_password",
+            "outgoing_encoding",
+            "outgoing_content_type",
+            "outgoing_charset",
+        ),
+        "Outgoing Emails",
+    ),
+    **dict.fromkeys(("verify_certificates", "ca_certificate"), "Security"),
+}
+# Fields shown in a section's heading rather than in a `#field-<name>` block of their own.
+ANCHOR_OF_FIELD = {"incoming_enabled": "incoming-section", "outgoing_enabled": "outgoing-section"}
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One line of the error summary at the top of the page: what is wrong, and where."""
+
+    anchor: str  # the element's id; "" for an error about the integration as a whole
+    label: str
+    message: str
 
 
 class SenderListField(forms.CharField):
@@ -166,9 +211,31 @@ class EmailIntegrationForm(forms.ModelForm):
             "ca_certificate": forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
         }
 
+    # The order of the page (templates/integrations/form.html), for the error summary.
+    field_order = [
+        *("name", "description", "is_default", "incoming_enabled", "incoming_protocol"),
+        *("oauth_mailbox_access", "incoming_server", "incoming_port", "incoming_encryption"),
+        *("incoming_username", "incoming_password", "incoming_folder", "graph_processed_folder"),
+        *("poll_interval_seconds", "use_idle", "use_last_record_number"),
+        *("search_body_for_record_number", "change_status_to", "unless_status_in"),
+        *("ignore_senders", "ignore_subject_regex", "whitelist_senders"),
+        *("duplicate_exempt_senders", "forward_ignored_to", "copy_incoming_to", "remove_emojis"),
+        *("bulk_mail_policy", "stranger_policy", "trusted_authserv_ids", "dmarc_failure_policy"),
+        *("oauth_access", "oauth_tenant", "oauth_client_id", "oauth_client_secret"),
+        *("oauth_client_certificate", "oauth_service_account_key", "outgoing_enabled"),
+        *("outgoing_protocol", "email_address", "smtp_host", "smtp_port", "smtp_encryption"),
+        *("smtp_username", "smtp_password", "outgoing_encoding", "outgoing_content_type"),
+        *("outgoing_charset", "verify_certificates", "ca_certificate"),
+    ]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["change_status_to"].empty_label = "Do not change"
+        self.fields["is_default"].help_text = (
+            "The default sends the desk's system emails (alerts, invitations, notifications), "
+            "so it must have Outgoing Emails on. To move the mark, tick this on the "
+            "integration that should have it."
+        )
         # Only OAuth 2.0 integrations show it; others (and older clients) may leave it out.
         self.fields["oauth_access"].required = False
         # Policies with a safe default: a client that leaves them out gets the default.
@@ -210,6 +277,22 @@ class EmailIntegrationForm(forms.ModelForm):
         exclusions = super()._get_validation_exclusions()
         exclusions.add("is_default")
         return exclusions
+
+    def error_summary(self) -> list[FieldError]:
+        """Every error of a failed Apply, each with the anchor of its field: the summary at
+        the top of the page links to them, since most sit far below."""
+        lines = [FieldError("", "", str(message)) for message in self.non_field_errors()]
+        for name, field in self.fields.items():
+            label = str(field.label or name).rstrip(":")
+            label = label[:1].upper() + label[1:]
+            section = SECTION_OF_FIELD.get(name, "Incoming Emails")
+            if section and name not in ANCHOR_OF_FIELD:
+                label = f"{section} › {label}"
+            anchor = ANCHOR_OF_FIELD.get(name, f"field-{name}")
+            lines.extend(
+                FieldError(anchor, label, str(message)) for message in self.errors.get(name, ())
+            )
+        return lines
 
     def secrets(self) -> Secrets:
         values = {name: (self.cleaned_data.get(name) or None) for name in SECRET_FIELDS}

@@ -88,3 +88,45 @@ MICROSOFT_BASIC_AUTH_MESSAGE = (
     "Microsoft ended basic authentication (password logins) for %(server)s on March 1, 2026. "
     "Choose the protocol “Microsoft 365 (OAuth 2.0)” instead."
 )
+
+
+def _entry_domain(entry: str) -> str:
+    """The domain an entry names (`example.com`, `@example.com`) or an address is of."""
+    return entry.rpartition("@")[2] if "@" in entry else entry
+
+
+def _covers(broad: str, narrow: str) -> bool:
+    """Whether every sender `narrow` matches is matched by `broad` too: a domain covers its
+    addresses and its subdomains, as the mail engine's filters match them."""
+    broad, narrow = normalise_sender_entry(broad), normalise_sender_entry(narrow)
+    if "@" in broad and not broad.startswith("@"):
+        return broad == narrow
+    domain = broad.lstrip("@")
+    narrow_domain = _entry_domain(narrow.lstrip("@"))
+    return narrow_domain == domain or narrow_domain.endswith("." + domain)
+
+
+def sender_list_overlaps(*, accepted: list[str], ignored: list[str]) -> list[str]:
+    """Where "Accept only emails from" and "Ignore emails from" name the same senders, in
+    words for the admin. The ignore list is checked after the whitelist, so an overlap is
+    ignored whatever the whitelist says: allowed, but rarely what was meant."""
+    overlaps = []
+    for accept in accepted:
+        for ignore in ignored:
+            if _covers(accept, ignore) and _covers(ignore, accept):
+                overlaps.append(f"{_shown(accept)} is on both lists: its emails are ignored.")
+            elif _covers(ignore, accept):
+                overlaps.append(
+                    f"{_shown(accept)} is accepted, but the ignored {_shown(ignore)} covers it: "
+                    "its emails are ignored."
+                )
+            elif _covers(accept, ignore):
+                overlaps.append(
+                    f"The accepted {_shown(accept)} covers the ignored {_shown(ignore)}: emails "
+                    f"from {_shown(ignore)} are still ignored."
+                )
+    return overlaps
+
+
+def _shown(entry: str) -> str:
+    return f"“{normalise_sender_entry(entry).lstrip('@')}”"

@@ -25,7 +25,21 @@ from integrations.oauth.services import (
     finish_connect,
     provider_name,
 )
+from integrations.selectors import sending_integration
 from integrations.services import delete_integration, save_integration
+from integrations.validation import sender_list_overlaps
+
+# Where a Test button's outcome waits for the page it redirects to (POST/redirect/GET: a
+# reload shows the page again without sending another test email). mailworker's Test views
+# write it; the integration's page reads it once.
+TEST_OUTCOME_SESSION_PREFIX = "integration-test-outcome:"
+
+
+def pop_test_outcome(request: HttpRequest, integration: EmailIntegration) -> dict[str, Any]:
+    """The last Test outcome of this integration in this session, shown once."""
+    if integration.pk is None:
+        return {}
+    return request.session.pop(f"{TEST_OUTCOME_SESSION_PREFIX}{integration.pk}", None) or {}
 
 
 class StaffPermissionRequiredMixin(PermissionRequiredMixin):
@@ -48,6 +62,8 @@ class IntegrationListView(StaffPermissionRequiredMixin, ListView):
         context = super().get_context_data(**kwargs)
         context["limits"] = current_limits()
         context["has_default"] = any(i.is_default for i in context["integrations"])
+        # Which integration system emails really go out through: the default when it sends.
+        context["system_sender"] = sending_integration()
         return context
 
 
@@ -69,12 +85,14 @@ class IntegrationFormView(StaffPermissionRequiredMixin, View):
         return EmailIntegration()
 
     def get(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:
-        form = EmailIntegrationForm(instance=self.get_integration())
-        return self.render(form)
+        integration = self.get_integration()
+        form = EmailIntegrationForm(instance=integration)
+        return self.render(form, test=pop_test_outcome(request, integration))
 
     def post(self, request: HttpRequest, **kwargs: Any) -> HttpResponse:
         integration = self.get_integration()
         is_new = integration.pk is None
+        was_default = integration.is_default
         form = EmailIntegrationForm(request.POST, instance=integration)
         if form.is_valid():
             try:
@@ -88,15 +106,75 @@ class IntegrationFormView(StaffPermissionRequiredMixin, View):
                 form.add_error(None, exc)
             else:
                 verb = "created" if is_new else "saved"
-                messages.success(request, f"Integration “{saved.name}” {verb}.")
+                saved_text = f"Integration “{saved.name}” {verb}."
+                note = default_note(
+                    saved, asked=form.cleaned_data["is_default"], was_default=was_default
+                )
+                if note is None:
+                    messages.success(request, saved_text)
+                else:
+                    level, text = note
+                    messages.add_message(request, level, f"{saved_text} {text}")
+                for overlap in sender_list_overlaps(
+                    accepted=saved.whitelist_senders, ignored=saved.ignore_senders
+                ):
+                    messages.warning(request, f"The sender lists overlap: {overlap}")
                 return HttpResponseRedirect(reverse("integrations:edit", args=[saved.pk]))
         return self.render(form, status=400)
 
-    def render(self, form: EmailIntegrationForm, status: int = 200) -> HttpResponse:
-        context = {"form": form, "integration": form.instance, "limits": current_limits()}
+    def render(
+        self, form: EmailIntegrationForm, status: int = 200, test: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        context = {
+            "form": form,
+            "integration": form.instance,
+            "limits": current_limits(),
+            "error_summary": form.error_summary() if form.is_bound else [],
+            # A Test button's outcome, shown in its panel (and next to the field it concerns).
+            "test_outcome": (test or {}).get("outcome"),
+            "test_direction": (test or {}).get("direction", ""),
+            "test_to": (test or {}).get("to", ""),
+        }
+        failed_field = (context["test_outcome"] or {}).get("field", "")
+        if failed_field in form.fields:
+            context["test_field_label"] = form[failed_field].label
         return render(
             request=self.request, template_name=self.template_name, context=context, status=status
         )
+
+
+def default_note(
+    saved: EmailIntegration, *, asked: bool, was_default: bool
+) -> tuple[int, str] | None:
+    """What to tell the admin when the default mark is not where the checkbox asked for it
+    (integrations.services decides where it goes): a message level and the words."""
+    if saved.is_default and not asked and was_default:
+        return (
+            messages.WARNING,
+            "It stays the default integration: the desk needs one to send its system emails. "
+            "Choose another integration as default first: open it and tick “Use as default "
+            "email integration” there.",
+        )
+    if saved.is_default and not asked:
+        return (
+            messages.SUCCESS,
+            "It is the default integration: no other integration that sends was, so it "
+            "sends the desk's system emails.",
+        )
+    if was_default and not saved.is_default:
+        successor = EmailIntegration.objects.filter(is_default=True).first()
+        if successor is None:
+            return (
+                messages.WARNING,
+                "It is no longer the default integration, and no integration that sends is: "
+                "the desk cannot send its system emails.",
+            )
+        return (
+            messages.SUCCESS,
+            f"It is no longer the default integration; “{successor.name}” sends the desk's "
+            "system emails now.",
+        )
+    return None
 
 
 class IntegrationDeleteView(StaffPermissionRequiredMixin, View):

@@ -30,6 +30,7 @@ from django.core.cache import cache
 from django.urls import reverse
 
 from mailworker.models import GraphSubscription
+from mailworker.scheduling import PUSH_QUEUE
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +93,15 @@ def queue_pass(integration_id: int) -> None:
     then one more after the burst, so the last email of a burst is not left for the poll.
     Graph sends a notification per email: a hundred emails need two passes, not a hundred."""
     if cache.add(f"graph-push:{integration_id}", True, PUSH_DEBOUNCE_SECONDS):
-        queue_task(POLL_TASK, integration_id, retry_if_busy=True)
+        queue_task(POLL_TASK, integration_id, retry_if_busy=True, queue=PUSH_QUEUE)
     elif cache.add(f"graph-push-after:{integration_id}", True, PUSH_DEBOUNCE_SECONDS * 2):
-        queue_task(POLL_TASK, integration_id, retry_if_busy=True, countdown=PUSH_DEBOUNCE_SECONDS)
+        queue_task(
+            POLL_TASK,
+            integration_id,
+            retry_if_busy=True,
+            countdown=PUSH_DEBOUNCE_SECONDS,
+            queue=PUSH_QUEUE,
+        )
 
 
 def _subscription_for(notification: dict[str, Any]) -> GraphSubscription | None:
@@ -109,10 +116,18 @@ def _subscription_for(notification: dict[str, Any]) -> GraphSubscription | None:
     return subscription
 
 
-def queue_task(task: str, integration_id: int, *, countdown: float = 0, **kwargs: Any) -> None:
-    """Start a task by name (the web process imports no task module)."""
+def queue_task(
+    task: str,
+    integration_id: int,
+    *,
+    countdown: float = 0,
+    queue: str | None = None,
+    **kwargs: Any,
+) -> None:
+    """Start a task by name (the web process imports no task module); `queue`: PUSH_QUEUE for
+    a pass for new mail, else the default queue."""
     signature = current_app.signature(task, args=(integration_id,), kwargs=kwargs)
-    signature.apply_async(countdown=countdown or None)
+    signature.apply_async(countdown=countdown or None, queue=queue)
 
 
 def sha256_hex(text: str) -> str:

@@ -28,6 +28,7 @@ from django.db import close_old_connections, connection
 from integrations.models import EmailIntegration, MailboxAccess
 from mailworker.mailboxes.factory import open_mailbox
 from mailworker.mailboxes.imap import ImapMailbox
+from mailworker.scheduling import PUSH_QUEUE
 from mailworker.status import note_idle_status
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,9 @@ def queue_pass(integration_id: int) -> None:
     """Ask a worker for a pass; it retries while another pass holds the mailbox's lock."""
     from mailworker.tasks import poll_integration
 
-    poll_integration.apply_async(args=(integration_id,), kwargs={"retry_if_busy": True})
+    poll_integration.apply_async(
+        args=(integration_id,), kwargs={"retry_if_busy": True}, queue=PUSH_QUEUE
+    )
 
 
 def idle_integrations() -> list[EmailIntegration]:
@@ -81,6 +84,38 @@ def idle_integrations() -> list[EmailIntegration]:
         ).select_related("oauth_grant")
         if integration.mailbox_protocol == MailboxAccess.IMAP and not integration.needs_reconnect
     ]
+
+
+# Descriptors beside the IDLE connections: the database, the broker, connect threads' sockets
+# while they log in, log files.
+SPARE_FILE_DESCRIPTORS = 64
+
+
+def raise_open_file_limit(connections: int) -> str:
+    """Raise this process's open-file limit (RLIMIT_NOFILE) to its hard limit: one IDLE
+    connection is one descriptor, and a thousand mailboxes need more than the usual soft
+    limit of 1,024. Returns what it did, in words, saying so when the hard limit is too low
+    for `connections` and how to raise it."""
+    try:
+        import resource
+    except ImportError:  # not Unix: nothing to raise
+        return ""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open-file limit from %s: %s", soft, exc)
+    room = soft - SPARE_FILE_DESCRIPTORS
+    if connections > room:
+        return (
+            f"open-file limit {soft}: room for about {max(room, 0)} IDLE connections, but "
+            f"{connections} integrations use push delivery; the others are polled only. Raise "
+            "the hard limit (docker: ulimit nofile; systemd: LimitNOFILE=; shell: ulimit -Hn)."
+        )
+    return f"open-file limit {soft} (room for about {room} IDLE connections)"
 
 
 def open_idle_connection(integration_id: int) -> ImapMailbox:

@@ -31,6 +31,8 @@ class OutboxEmail(models.Model):
         SIZE_NOTICE = "size_notice", "Notice: email too large"
         NOTIFICATION = "notification", "Notification"
         REPLY = "reply", "Reply by an agent"
+        INVITATION = "invitation", "Invitation to the desk"
+        PASSWORD_RESET = "password_reset", "Password reset link"
 
     class State(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -60,6 +62,9 @@ class OutboxEmail(models.Model):
         related_name="outbox_emails",
     )
     to_addresses = models.JSONField(default=list)
+    # An agent's reply: Cc goes in the header, Bcc only in the envelope (never a header).
+    cc_addresses = models.JSONField(default=list, blank=True)
+    bcc_addresses = models.JSONField(default=list, blank=True)
     # Automatic emails go one recipient a row, so the per-recipient cap is one indexed count.
     recipient = models.CharField(max_length=320, blank=True)
     subject = models.CharField(max_length=998, blank=True)
@@ -151,6 +156,9 @@ class MailboxState(models.Model):
         "integrations.EmailIntegration", on_delete=models.CASCADE, related_name="mailbox_state"
     )
     last_polled_at = models.DateTimeField(null=True, blank=True)
+    # When a routine pass was queued and has not ended yet: dispatch does not queue another
+    # (mailworker/scheduling.py). Cleared when a pass ends.
+    pass_queued_at = models.DateTimeField(null=True, blank=True)
     last_success_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)

@@ -15,7 +15,12 @@ from integrations.models import EmailIntegration, OAuthGrant
 from mailworker.alerts import queue_alert, staff_with_permission
 from mailworker.models import NotificationSettings, OutboxEmail
 from mailworker.outbound.compose import record_subject
-from mailworker.outbound.email_templates import change_values, message_values, record_values
+from mailworker.outbound.email_templates import (
+    change_values,
+    message_values,
+    person,
+    record_values,
+)
 from mailworker.outbound.queue import batched, queue_email, record_thread
 from mailworker.outbound.texts import render_email
 from mailworker.status import note_alert_sent, note_reconnected
@@ -225,14 +230,21 @@ def on_details_changed(sender, record: ServiceRecord, actor=None, changes=None, 
 
 
 @receiver(signals.record_escalated)
-def on_escalated(sender, record: ServiceRecord, **kwargs):
+def on_escalated(sender, record: ServiceRecord, actor=None, **kwargs):
+    """`actor`: the agent who pressed "Escalate now" (None: the due date passed)."""
     if current_settings().admins_on_escalated:
-        notify(record=record, to=admin_addresses(record), template="record_escalated", context={})
+        notify(
+            record=record,
+            to=admin_addresses(record, exclude=actor),
+            template="record_escalated",
+            context={"actor": person(actor) if actor is not None else ""},
+        )
 
 
 @receiver(signals.agent_replied)
 def on_agent_replied(sender, message: Message, integration_id: int | None = None, **kwargs):
-    """An agent's reply is a person's email: never capped, always threaded."""
+    """An agent's reply is a person's email: never capped, always threaded, with the Cc,
+    Bcc and files the agent added (the files are read from the message log when sent)."""
     record = message.record
     integration = None
     if integration_id is not None:
@@ -249,6 +261,8 @@ def on_agent_replied(sender, message: Message, integration_id: int | None = None
         integration=integration,
         log_message=message,
         automatic=False,
+        cc=message.cc_addresses,
+        bcc=message.bcc_addresses,
     )
 
 

@@ -102,7 +102,11 @@ def add_to_record(*, entry: Quarantine, record: ServiceRecord) -> ProcessResult:
         entry.delete()
         try:
             result = append_to_record(
-                integration=integration, raw=raw, record=record, lookups=lookups
+                integration=integration,
+                raw=raw,
+                record=record,
+                lookups=lookups,
+                original_id=entry.original_id,
             )
         except ValueError as exc:
             raise CannotReprocess(f"Cannot add it: {exc}.") from exc
@@ -114,9 +118,13 @@ def _newest_message_id() -> int:
     return Message.objects.order_by("-id").values_list("id", flat=True).first() or 0
 
 
-def _keep_arrival_time(entry: Quarantine, result: ProcessResult, newest: int) -> None:
+def _keep_arrival_time(
+    entry: Quarantine, result: ProcessResult, newest: int, *, original_id: int | None = None
+) -> None:
     """The messages this email added (and the record it opened) are dated when it arrived,
-    not when an admin let it through; quarantined again, its new entry is too."""
+    not when an admin let it through; quarantined again, its new entry is too. Its messages
+    are those newer than `newest`, or, where several emails went through at once (a flood
+    released), those linked to its original."""
     if result.outcome == ProcessedEmail.Outcome.QUARANTINED:
         Quarantine.objects.filter(
             pk__in=ProcessedEmail.objects.filter(
@@ -126,9 +134,10 @@ def _keep_arrival_time(entry: Quarantine, result: ProcessResult, newest: int) ->
         return
     if result.record_id is None:
         return
-    Message.objects.filter(record_id=result.record_id, id__gt=newest).update(
-        created_at=entry.received_at
-    )
+    messages = Message.objects.filter(record_id=result.record_id, id__gt=newest)
+    if original_id is not None:
+        messages = messages.filter(original_id=original_id)
+    messages.update(created_at=entry.received_at)
     if result.outcome == ProcessedEmail.Outcome.CREATED:
         ServiceRecord.objects.filter(pk=result.record_id).update(created_at=entry.received_at)
 
@@ -225,6 +234,7 @@ def _release_group(
         integration=integration,
     ).delete()
     Quarantine.objects.filter(pk__in=[entry.pk for entry in entries]).delete()
+    newest = _newest_message_id()
     for results in process_chunk(
         integration=integration,
         emails=[
@@ -236,3 +246,9 @@ def _release_group(
         flood_released=True,
     ):
         report.outcomes.update(result.outcome for result in results)
+        done, entries = entries[: len(results)], entries[len(results) :]
+        for entry, result in zip(done, results, strict=True):
+            # Its messages are told apart by their original (kept since issue 13); an entry
+            # held before that is dated only when it went through alone.
+            if entry.original_id is not None or len(raws) == 1:
+                _keep_arrival_time(entry, result, newest, original_id=entry.original_id)

@@ -4,20 +4,36 @@ Beat runs `dispatch_due_polls` every POLL_DISPATCH_SECONDS; it reads the integra
 database each time, so adding, changing or disabling one takes effect without a restart.
 A failing integration backs off (the interval doubles with each failed pass in a row, up to
 POLL_BACKOFF_MAX_SECONDS) and is back to its own interval after its first good pass.
+
+Many mailboxes on one machine (issue 15):
+- Each mailbox is polled at its own phase of its interval (`next_poll_at`), so mailboxes
+  imported in one wave (the first start, a restart) do not all fall due together again.
+- A mailbox whose routine pass is queued or running is not queued again
+  (MailboxState.pass_queued_at, until the pass ends or POLL_QUEUED_STALE_SECONDS pass).
+- Dispatch queues the most overdue first.
+- A pass takes at most PASS_MAX_EMAILS emails or PASS_MAX_SECONDS, then its continuation
+  queues behind the others (tasks.poll_integration).
+- Passes for new mail (IMAP IDLE, Graph push) go to a queue of their own, taken first
+  (PUSH_QUEUE, CELERY_TASK_QUEUES).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
 from integrations.models import EmailIntegration
-from mailworker.pipeline.passes import PassReport, run_pass
+from mailworker.pipeline.passes import PassBudget, PassReport, run_pass
 from mailworker.status import STATE_RELATIONS, state_of
 
+# The queue of passes for new mail (IMAP IDLE, Graph push): workers take it first.
+PUSH_QUEUE = "mail-push"
+# The golden ratio's fraction: consecutive integration ids get phases far apart.
+_PHASE_STEP = (math.sqrt(5) - 1) / 2
 # Failed passes in a row before the interval starts to grow: one failure may be a blip.
 BACKOFF_AFTER_FAILURES = 2
 # One query for every integration's schedule: its own fields, its state, its grant.
@@ -28,6 +44,7 @@ SCHEDULING_FIELDS = (
     "poll_interval_seconds",
     "incoming_protocol",
     "mailbox_state__last_polled_at",
+    "mailbox_state__pass_queued_at",
     "mailbox_state__poll_failures",
     "oauth_grant__needs_reconnect_since",
 )
@@ -43,12 +60,34 @@ def poll_interval(integration: EmailIntegration) -> timedelta:
     return timedelta(seconds=min(base * 2 ** min(extra_failures, 20), ceiling))
 
 
+def poll_phase(integration_id: int, interval: float) -> float:
+    """Where in each interval this mailbox is polled, in seconds: spread evenly by id."""
+    return (integration_id * _PHASE_STEP) % 1.0 * interval
+
+
 def next_poll_at(integration: EmailIntegration) -> datetime | None:
-    """When the next pass is due; None means at once (never polled)."""
+    """When the next pass is due; None means at once (never polled).
+
+    The first moment, at least half an interval after the last pass, that falls on the
+    mailbox's own phase of its interval: once settled, one pass per interval, and mailboxes
+    whose passes ended together (a first import of a thousand) are due at times spread
+    across the interval instead of together.
+    """
     last_polled_at = state_of(integration).last_polled_at
     if last_polled_at is None:
         return None
-    return last_polled_at + poll_interval(integration)
+    interval = poll_interval(integration).total_seconds()
+    phase = poll_phase(integration.pk, interval)
+    earliest = last_polled_at.timestamp() + interval / 2
+    slot = math.ceil((earliest - phase) / interval) * interval + phase
+    return datetime.fromtimestamp(slot, tz=UTC)
+
+
+def pass_queued(integration: EmailIntegration, now: datetime) -> bool:
+    """A routine pass of it is queued or running (and not lost long ago)."""
+    queued_at = state_of(integration).pass_queued_at
+    stale = timedelta(seconds=settings.POLL_QUEUED_STALE_SECONDS)
+    return queued_at is not None and now - queued_at < stale
 
 
 def pollable_integrations() -> list[EmailIntegration]:
@@ -66,13 +105,18 @@ def pollable_integrations() -> list[EmailIntegration]:
 
 
 def due_integration_ids(now: datetime | None = None) -> list[int]:
+    """The integrations whose pass is due and not queued yet, the most overdue first."""
     now = now or timezone.now()
-    due = []
+    due: list[tuple[datetime, int]] = []
     for integration in pollable_integrations():
         due_at = next_poll_at(integration)
-        if due_at is None or due_at <= now:
-            due.append(integration.pk)
-    return due
+        if due_at is None:
+            due_at = integration.created_at
+        elif due_at > now:
+            continue
+        if not pass_queued(integration, now):
+            due.append((due_at, integration.pk))
+    return [integration_id for _due_at, integration_id in sorted(due)]
 
 
 @dataclass(frozen=True)
@@ -95,6 +139,8 @@ def oldest_overdue_poll(now: datetime | None = None) -> OverduePoll | None:
 
 
 def poll_integration_now(*, integration_id: int) -> PassReport | None:
+    """One bounded pass (PASS_MAX_EMAILS, PASS_MAX_SECONDS); the report's `more` says that
+    emails were left for its continuation."""
     integration = (
         EmailIntegration.objects.select_related(*STATE_RELATIONS)
         .filter(pk=integration_id, incoming_enabled=True)
@@ -102,4 +148,9 @@ def poll_integration_now(*, integration_id: int) -> PassReport | None:
     )
     if integration is None:
         return None
-    return run_pass(integration=integration)
+    return run_pass(
+        integration=integration,
+        budget=PassBudget(
+            max_emails=settings.PASS_MAX_EMAILS, max_seconds=settings.PASS_MAX_SECONDS
+        ),
+    )

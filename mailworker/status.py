@@ -76,10 +76,11 @@ def _write(integration_id: int, **values: Any) -> None:
     MailboxState.objects.filter(integration_id=integration_id).update(**values)
 
 
-def note_poll(*, integration: EmailIntegration, error: str | None) -> None:
-    """A pass over the mailbox ended, failed with `error` or not (None)."""
+def note_poll(*, integration: EmailIntegration, error: str | None, continues: bool = False) -> None:
+    """A pass over the mailbox ended, failed with `error` or not (None). `continues`: it
+    stopped at its budget and its continuation is being queued, so it counts as queued."""
     now = timezone.now()
-    values: dict[str, Any] = {"last_polled_at": now}
+    values: dict[str, Any] = {"last_polled_at": now, "pass_queued_at": now if continues else None}
     if error is not None:
         values |= {
             "last_error": error,
@@ -89,6 +90,27 @@ def note_poll(*, integration: EmailIntegration, error: str | None) -> None:
     else:
         values |= {"last_success_at": now, "last_error": "", "poll_failures": 0}
     _write(integration.pk, **values)
+
+
+def note_passes_queued(integration_ids: list[int]) -> None:
+    """Routine passes of these integrations were queued (dispatch_due_polls)."""
+    if not integration_ids:
+        return
+    now = timezone.now()
+    with_state = set(
+        MailboxState.objects.filter(integration_id__in=integration_ids).values_list(
+            "integration_id", flat=True
+        )
+    )
+    MailboxState.objects.bulk_create(
+        [
+            MailboxState(integration_id=integration_id)
+            for integration_id in integration_ids
+            if integration_id not in with_state
+        ],
+        ignore_conflicts=True,  # another worker created it meanwhile
+    )
+    MailboxState.objects.filter(integration_id__in=integration_ids).update(pass_queued_at=now)
 
 
 def note_idle_status(*, integration_id: int, status: str) -> None:

@@ -8,6 +8,7 @@ from mailworker import graph_subscriptions
 from mailworker.delivery import send_due
 from mailworker.scheduling import due_integration_ids, poll_integration_now
 from mailworker.services import record_worker_heartbeat
+from mailworker.status import note_passes_queued
 from records.originals import delete_expired
 from records.services import escalate_overdue_records
 
@@ -21,9 +22,12 @@ def record_heartbeat() -> None:
 
 @shared_task(name="mailworker.tasks.dispatch_due_polls", ignore_result=True, acks_late=False)
 def dispatch_due_polls() -> int:
-    """Beat runs this often; it queues a pass for each integration whose interval is up, so
-    adding or changing an integration needs no restart of beat."""
+    """Beat runs this often; it queues a pass for each integration whose interval is up and
+    whose pass is not queued already, the most overdue first, so adding or changing an
+    integration needs no restart of beat."""
     due = due_integration_ids()
+    # Marked before they are queued: a pass that starts and ends at once clears its mark.
+    note_passes_queued(due)
     for integration_id in due:
         poll_integration.delay(integration_id)
     return len(due)
@@ -41,6 +45,11 @@ def poll_integration(self: Task, integration_id: int, retry_if_busy: bool = Fals
     """One pass over the integration's mailbox. Idempotent and acknowledged late: a worker
     killed mid-pass leaves the task to run again, and what was committed is only acked."""
     report = poll_integration_now(integration_id=integration_id)
+    if report is not None and report.more:
+        # Stopped at its budget: the rest comes after the passes queued meanwhile (marked
+        # queued by the pass's end, see note_poll).
+        poll_integration.delay(integration_id)
+        return
     busy = report is not None and report.skipped
     if busy and retry_if_busy and self.request.retries < BUSY_RETRIES:
         raise self.retry(countdown=BUSY_RETRY_SECONDS, max_retries=BUSY_RETRIES)

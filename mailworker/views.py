@@ -22,8 +22,9 @@ from mailworker.quarantine import (
     release_flood,
     reprocess_quarantined,
 )
-from records.models import Quarantine, ServiceRecord
+from records.models import Quarantine
 from records.originals import original_response
+from records.selectors import existing_records
 
 
 class QuarantineListView(StaffPermissionRequiredMixin, ListView):
@@ -80,9 +81,10 @@ class QuarantineReprocessView(StaffPermissionRequiredMixin, View):
         try:
             if how == "add":
                 number = request.POST.get("record", "").strip().lstrip("#")
+                # A merged record's number adds to the record it was merged into.
                 record = (
-                    ServiceRecord.objects.filter(pk=int(number)).first()
-                    if number.isdigit()
+                    existing_records(numbers=[int(number)]).get(int(number))
+                    if number.isdigit() and len(number) < 13
                     else None
                 )
                 if record is None:

@@ -1,5 +1,6 @@
-"""The Test buttons of Settings > Email: POST only, then the integration's page again with
-the outcome next to the field it concerns (errors) or at the top of its section (success).
+"""The Test buttons of Settings > Email: POST only, then back to the integration's page
+(POST/redirect/GET, so a reload never sends another test email), which shows the outcome in
+the Test panel next to the button, and an error also next to the field it concerns.
 
 The mail engine runs them, so they live here, not in `integrations`; the services in
 `mailworker.connection_tests` decide, these views only show.
@@ -7,16 +8,16 @@ The mail engine runs them, so they live here, not in `integrations`; the service
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from django.views import View
 
-from integrations.editions import current_limits
 from integrations.forms import EmailIntegrationForm
 from integrations.models import EmailIntegration
-from integrations.views import StaffPermissionRequiredMixin
+from integrations.views import TEST_OUTCOME_SESSION_PREFIX, StaffPermissionRequiredMixin
 from mailworker.connection_tests import (
     TO_FIELD,
     TestOutcome,
@@ -33,25 +34,20 @@ class _IntegrationTestView(StaffPermissionRequiredMixin, View):
     def post(self, request: HttpRequest, pk: int) -> HttpResponse:
         integration = get_object_or_404(EmailIntegration, pk=pk)
         outcome = self.run(integration)
-        return self.render(integration, outcome)
+        if outcome.field not in EmailIntegrationForm.base_fields and outcome.field != TO_FIELD:
+            # Not a field on the page: the panel alone shows it.
+            outcome = TestOutcome(ok=outcome.ok, message=outcome.message)
+        # Kept for the next page only (the integration's page pops it), like a message.
+        request.session[f"{TEST_OUTCOME_SESSION_PREFIX}{integration.pk}"] = {
+            "direction": self.direction,
+            "to": request.POST.get(TO_FIELD, ""),
+            "outcome": asdict(outcome),
+        }
+        page = reverse("integrations:edit", args=[integration.pk])
+        return HttpResponseRedirect(f"{page}#{self.direction}-test")
 
     def run(self, integration: EmailIntegration) -> TestOutcome:
         raise NotImplementedError
-
-    def render(self, integration: EmailIntegration, outcome: TestOutcome) -> HttpResponse:
-        form = EmailIntegrationForm(instance=integration)
-        if outcome.field not in form.fields and outcome.field != TO_FIELD:
-            # Not a field on the page: show it at the top of the section instead.
-            outcome = TestOutcome(ok=outcome.ok, message=outcome.message)
-        context: dict[str, Any] = {
-            "form": form,
-            "integration": integration,
-            "limits": current_limits(),
-            "test_outcome": outcome,
-            "test_direction": self.direction,
-            "test_to": self.request.POST.get(TO_FIELD, ""),
-        }
-        return render(self.request, "integrations/form.html", context)
 
 
 class OutgoingTestView(_IntegrationTestView):

@@ -1,8 +1,9 @@
 """Email rules: route and assign new records by what their first email says.
 
-Rules run in order; a matching rule applies its actions (group, category, priority,
-assigned admin), and one marked "stop" ends the run. Regex conditions use the `regex`
-package with a timeout, like every admin-supplied pattern.
+Rules run in order; a rule sees only the emails of the incoming integrations it applies to
+(every one, or those chosen); a matching rule applies its actions (group, category, status,
+priority, assigned admin), and one marked "stop" ends the run. Regex conditions use the
+`regex` package with a timeout, like every admin-supplied pattern.
 
 Evaluating is bounded and apart from applying. `evaluate_email_rules` needs no database and
 runs before the write transaction opens (mailworker/pipeline/process.py), with one time budget
@@ -14,13 +15,16 @@ sender's to choose.
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import regex
+from django.db.models import Prefetch
 
+from integrations.models import EmailIntegration
 from records.models import Direction, EmailRule, EmailRuleCondition, Message, ServiceRecord
 
 logger = logging.getLogger(__name__)
@@ -37,6 +41,7 @@ MAX_VALUES_PER_FIELD = 50
 ACTIONS = (
     ("set_group_id", "group_id"),
     ("set_category_id", "category_id"),
+    ("set_status_id", "status_id"),
     ("set_priority", "priority"),
     ("assign_admin_id", "assigned_admin_id"),
 )
@@ -48,6 +53,29 @@ class RuleInput:
     recipients: list[str]
     subject: str
     body: str
+    # The incoming integration that read the email; None (an email typed into "Try it"
+    # without one) is seen only by the rules for every integration.
+    integration_id: int | None = None
+
+    @property
+    def sender_domain(self) -> str:
+        return self.sender.rpartition("@")[2] if "@" in self.sender else ""
+
+
+class RuleVerdict(enum.Enum):
+    """What became of one rule for one email ("Try it" shows every rule's)."""
+
+    FIRED = "fired"
+    NOT_MATCHED = "not matched"
+    OTHER_INTEGRATION = "not for this integration"
+    OUT_OF_TIME = "ran out of time"
+    AFTER_STOP = "not reached: an earlier rule stopped"
+
+
+@dataclass(frozen=True)
+class RuleTrace:
+    rule: EmailRule
+    verdict: RuleVerdict
 
 
 @dataclass(frozen=True)
@@ -59,6 +87,7 @@ class RuleOutcome:
     changes: dict[str, int] = field(default_factory=dict)
     applied: tuple[str, ...] = ()
     out_of_time: tuple[str, ...] = ()
+    trace: tuple[RuleTrace, ...] = field(default=(), compare=False, repr=False)
 
 
 NO_RULES = RuleOutcome()
@@ -81,6 +110,7 @@ def _values(condition: EmailRuleCondition, facts: RuleInput) -> list[str]:
     Field = EmailRuleCondition.Field
     values = {
         Field.SENDER: [facts.sender],
+        Field.SENDER_DOMAIN: [facts.sender_domain],
         Field.RECIPIENT: facts.recipients,
         Field.SUBJECT: [facts.subject],
         Field.BODY: [facts.body],
@@ -149,6 +179,16 @@ def _rule_matches(rule: EmailRule, facts: RuleInput, budget: _Budget) -> bool:
     return not deciding
 
 
+def applies_to_integration(rule: EmailRule, integration_id: int | None) -> bool:
+    """Whether the rule sees emails read by this integration; reads the rule's chosen
+    integrations from its prefetch (active_email_rules) when it has one."""
+    if rule.all_integrations:
+        return True
+    return integration_id is not None and any(
+        chosen.pk == integration_id for chosen in rule.integrations.all()
+    )
+
+
 def evaluate_email_rules(
     *,
     facts: RuleInput,
@@ -156,25 +196,36 @@ def evaluate_email_rules(
     budget_seconds: float = RULES_BUDGET_SECONDS,
 ) -> RuleOutcome:
     """What the rules decide for a new record with these facts; reads no database when the
-    rules come with their conditions prefetched (a pass reads them once, see lookups.py)."""
+    rules come with their conditions and integrations prefetched (a pass reads them once,
+    see lookups.py). The outcome's trace says what became of each rule."""
     budget = _Budget(budget_seconds)
     changes: dict[str, int] = {}
     applied: list[str] = []
     out_of_time: list[str] = []
+    trace: list[RuleTrace] = []
+    stopped = False
     for rule in active_email_rules() if rules is None else rules:
+        if stopped:
+            trace.append(RuleTrace(rule, RuleVerdict.AFTER_STOP))
+            continue
+        if not applies_to_integration(rule, facts.integration_id):
+            trace.append(RuleTrace(rule, RuleVerdict.OTHER_INTEGRATION))
+            continue
         try:
             if not _rule_matches(rule, facts, budget):
+                trace.append(RuleTrace(rule, RuleVerdict.NOT_MATCHED))
                 continue
         except _OutOfTime:
             out_of_time.append(rule.name)
+            trace.append(RuleTrace(rule, RuleVerdict.OUT_OF_TIME))
             continue
         applied.append(rule.name)
+        trace.append(RuleTrace(rule, RuleVerdict.FIRED))
         for action, record_field in ACTIONS:
             value = getattr(rule, action)
             if value is not None:
                 changes[record_field] = value
-        if rule.stop_processing:
-            break
+        stopped = rule.stop_processing
     if out_of_time:
         logger.warning(
             "email rules %s ran out of their %.1f s for an email from %s and count as not matched",
@@ -182,7 +233,9 @@ def evaluate_email_rules(
             budget.seconds,
             facts.sender or "(no sender)",
         )
-    return RuleOutcome(changes=changes, applied=tuple(applied), out_of_time=tuple(out_of_time))
+    return RuleOutcome(
+        changes=changes, applied=tuple(applied), out_of_time=tuple(out_of_time), trace=tuple(trace)
+    )
 
 
 def apply_rule_outcome(*, record: ServiceRecord, outcome: RuleOutcome) -> None:
@@ -217,8 +270,14 @@ def rule_matches(rule: EmailRule, facts: RuleInput) -> bool:
 
 
 def active_email_rules() -> list[EmailRule]:
-    """The active rules in order, their conditions loaded."""
-    return list(EmailRule.objects.filter(is_active=True).prefetch_related("conditions"))
+    """The active rules in order, their conditions and chosen integrations loaded (only the
+    integrations' keys: their secrets need no decrypting to scope a rule)."""
+    return list(
+        EmailRule.objects.filter(is_active=True).prefetch_related(
+            "conditions",
+            Prefetch("integrations", queryset=EmailIntegration.objects.only("pk")),
+        )
+    )
 
 
 def apply_email_rules(

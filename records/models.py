@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from integrations.validation import validate_subject_regex
 from servicedesk.control_characters import refuse_control_characters
 
 
@@ -134,6 +136,11 @@ class ServiceRecord(models.Model):
     escalated_at = models.DateTimeField(
         null=True, blank=True, help_text="When admins were told the due date had passed."
     )
+    # Set when an agent merged this record into another: its message log moved there, it
+    # is closed, and an email naming its number threads into the kept record.
+    merged_into = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="merged_records"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -156,6 +163,13 @@ class ServiceRecord(models.Model):
     @property
     def display_number(self) -> str:
         return f"#{self.pk}"
+
+    @property
+    def is_overdue(self) -> bool:
+        """Open and past its due date (the status is read: select it with the record)."""
+        return (
+            self.due_at is not None and self.due_at < timezone.now() and not self.status.is_closed
+        )
 
 
 class Direction(models.TextChoices):
@@ -185,6 +199,9 @@ class Message(models.Model):
     from_address = models.CharField(max_length=998, blank=True)
     to_addresses = models.JSONField(default=list, blank=True)
     cc_addresses = models.JSONField(default=list, blank=True)
+    # An agent's reply only: the hidden recipients, shown to staff in the log, never sent in
+    # a header, and not participants of the record (is_on_record reads To and Cc only).
+    bcc_addresses = models.JSONField(default=list, blank=True)
     subject = models.CharField(max_length=998, blank=True)
     text_body = models.TextField(blank=True)
     html_body = models.TextField(blank=True, help_text="Sanitised HTML, safe to show.")
@@ -253,9 +270,20 @@ class EmailRule(models.Model):
     order = models.PositiveIntegerField(default=0)
     is_active = models.BooleanField(default=True)
     match = models.CharField(max_length=3, choices=Match.choices, default=Match.ALL)
+    # Which incoming integrations' emails the rule sees: every one (also those added later),
+    # or only the chosen ones.
+    all_integrations = models.BooleanField(
+        default=True, help_text="Applies to every incoming integration, also those added later."
+    )
+    integrations = models.ManyToManyField(
+        "integrations.EmailIntegration", blank=True, related_name="email_rules"
+    )
     set_group = models.ForeignKey(AdminGroup, null=True, blank=True, on_delete=models.SET_NULL)
     set_category = models.ForeignKey(Category, null=True, blank=True, on_delete=models.SET_NULL)
     set_priority = models.PositiveSmallIntegerField(choices=Priority.choices, null=True, blank=True)
+    set_status = models.ForeignKey(
+        Status, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     assign_admin = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -278,6 +306,7 @@ class EmailRule(models.Model):
 class EmailRuleCondition(models.Model):
     class Field(models.TextChoices):
         SENDER = "sender", "Sender address"
+        SENDER_DOMAIN = "sender_domain", "Sender domain"
         RECIPIENT = "recipient", "Recipient address"
         SUBJECT = "subject", "Subject"
         BODY = "body", "Body"
@@ -290,7 +319,7 @@ class EmailRuleCondition(models.Model):
         REGEX = "regex", "matches regex"
 
     rule = models.ForeignKey(EmailRule, on_delete=models.CASCADE, related_name="conditions")
-    field = models.CharField(max_length=10, choices=Field.choices)
+    field = models.CharField(max_length=16, choices=Field.choices)
     operator = models.CharField(max_length=12, choices=Operator.choices, default=Operator.CONTAINS)
     value = models.CharField(max_length=500)
 
@@ -299,6 +328,18 @@ class EmailRuleCondition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_field_display()} {self.get_operator_display()} {self.value!r}"
+
+    def clean(self) -> None:
+        """A pattern must compile as the mail engine compiles it (the `regex` package, with
+        SysAid's Java-style inline flags), so a rule never fails silently on every email.
+        A domain is compared without its "@", however the admin wrote it."""
+        if self.operator == self.Operator.REGEX:
+            try:
+                validate_subject_regex(self.value)
+            except ValidationError as exc:
+                raise ValidationError({"value": exc}) from exc
+        elif self.field == self.Field.SENDER_DOMAIN:
+            self.value = self.value.strip().lstrip("@")
 
 
 class Quarantine(models.Model):
@@ -342,8 +383,10 @@ def original_path(instance: Original, filename: str) -> str:
 
 
 class Original(models.Model):
-    """An incoming email exactly as it arrived, gzip-compressed, in the storage the desk uses
-    for attachments (MEDIA_ROOT), kept for the retention period of DeskSettings."""
+    """An incoming email exactly as it arrived, compressed, in the storage the desk uses for
+    attachments (MEDIA_ROOT), kept for the retention period of DeskSettings: a Zstandard frame
+    at `offset` of `file` (a pack holds a chunk's emails), or a whole gzip file (before
+    packs). See records/originals.py."""
 
     integration = models.ForeignKey(
         "integrations.EmailIntegration",
@@ -352,7 +395,9 @@ class Original(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
     )
-    file = models.FileField(upload_to=original_path, max_length=500)
+    # Indexed: retention deletes a pack when no row points into it any more.
+    file = models.FileField(upload_to=original_path, max_length=500, db_index=True)
+    offset = models.PositiveBigIntegerField(default=0, help_text="Where its frame starts.")
     size = models.PositiveBigIntegerField(default=0, help_text="Bytes as the email arrived.")
     stored_size = models.PositiveBigIntegerField(default=0, help_text="Bytes in storage.")
     sha256 = models.CharField(max_length=64, db_index=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -16,10 +17,13 @@ from django.utils import timezone
 
 from records import signals
 from records.models import (
+    AdminGroup,
     Attachment,
+    Category,
     Direction,
     Message,
     Original,
+    Priority,
     ServiceRecord,
     Status,
     User,
@@ -331,10 +335,28 @@ def change_status_on_reply(
     return True
 
 
+@dataclass(frozen=True)
+class UploadedFile:
+    """A file an agent attached (records.forms reads it from the upload)."""
+
+    filename: str
+    content_type: str
+    content: bytes
+    content_id: str = ""
+
+
 def post_agent_reply(
-    *, record: ServiceRecord, author: User, body: str, integration_id: int | None = None
+    *,
+    record: ServiceRecord,
+    author: User,
+    body: str,
+    integration_id: int | None = None,
+    cc: list[str] | None = None,
+    bcc: list[str] | None = None,
+    attachments: Iterable[AttachmentData] = (),
 ) -> Message:
-    """An agent's reply: written to the message log now, sent by email by the mail engine."""
+    """An agent's reply: written to the message log now, with its Cc, Bcc and files, and
+    sent by email by the mail engine (which reads the files from the log when it sends)."""
     body = body.strip()
     if not body:
         raise ValidationError({"body": "Write a reply before sending."})
@@ -346,10 +368,38 @@ def post_agent_reply(
             subject=record.title,
             text_body=body,
             to_addresses=[record.requester.email] if record.requester.email else [],
+            cc_addresses=list(cc or []),
             author=author,
         )
+        if bcc:
+            message.bcc_addresses = list(bcc)
+            message.save(update_fields=["bcc_addresses"])
+        for part in attachments:
+            add_attachment(
+                message=message,
+                filename=part.filename,
+                content_type=part.content_type,
+                content=part.content,
+            )
         signals.agent_replied.send(sender=Message, message=message, integration_id=integration_id)
     return message
+
+
+def add_internal_note(*, record: ServiceRecord, author: User, body: str) -> Message:
+    """A note for staff on the record's message log: no event is sent, so it is emailed to
+    no one, and it never makes anyone a participant of the record (see is_on_record)."""
+    body = body.strip()
+    if not body:
+        raise ValidationError({"note": "Write the note before saving it."})
+    return add_message(
+        record=record,
+        direction=Direction.OUTGOING,
+        from_address=author.email,
+        subject="",
+        text_body=body,
+        author=author,
+        is_internal=True,
+    )
 
 
 DETAIL_FIELDS = ("status", "assigned_admin", "priority")
@@ -415,3 +465,159 @@ def escalate_overdue_records() -> int:
                 signals.record_escalated.send(sender=ServiceRecord, record=record)
                 count += 1
     return count
+
+
+def open_record_for_requester(
+    *,
+    actor: User,
+    requester: User | None = None,
+    requester_email: str = "",
+    title: str,
+    description: str,
+    status: Status | None = None,
+    priority: int = Priority.NORMAL,
+    category: Category | None = None,
+    group: AdminGroup | None = None,
+    assigned_admin: User | None = None,
+    due_at: datetime | None = None,
+    notify_requester: bool = False,
+) -> ServiceRecord:
+    """A record an agent opens by hand (a phone call, a visit) for an existing user or for
+    an address, which becomes an end user as the mail engine makes them. The usual
+    record_created event is sent: admins hear of it as they would of an email, and the
+    requester gets the acknowledgement only when the agent asked for it."""
+    if requester is None:
+        if not requester_email.strip():
+            raise ValidationError(
+                {"requester_email": "Choose a requester or type their email address."}
+            )
+        requester, _created = get_or_create_end_user(email=requester_email)
+    title = " ".join(title.split())
+    if not title:
+        raise ValidationError({"title": "Give the record a title."})
+    with transaction.atomic():
+        record = create_record(
+            title=title, description=description.strip(), requester=requester, status=status
+        )
+        record.priority = priority
+        record.category = category
+        record.group = group
+        record.assigned_admin = assigned_admin
+        record.due_at = due_at
+        record.full_clean()
+        record.save()
+        signals.record_created.send(
+            sender=ServiceRecord,
+            record=record,
+            message=None,
+            automatic=False,
+            acknowledge=notify_requester,
+            actor=actor,
+        )
+    return record
+
+
+def set_due_date(*, record: ServiceRecord, due_at: datetime | None) -> bool:
+    """A new due date (or none). A record escalated for its old due date may be escalated
+    again when the new one passes. Returns whether anything changed."""
+    if due_at == record.due_at:
+        return False
+    record.due_at = due_at
+    if due_at is None or due_at > timezone.now():
+        record.escalated_at = None
+    record.save(update_fields=["due_at", "escalated_at", "updated_at"])
+    return True
+
+
+def escalate_record(*, record: ServiceRecord, actor: User) -> None:
+    """Escalate now: admins are told at once, as when the due date passes; the record is
+    marked escalated, so the due-date task does not tell them a second time."""
+    if record.status.is_closed:
+        raise ValidationError("A closed record is not escalated: reopen it first.")
+    with transaction.atomic():
+        record.escalated_at = timezone.now()
+        record.save(update_fields=["escalated_at", "updated_at"])
+        signals.record_escalated.send(sender=ServiceRecord, record=record, actor=actor)
+
+
+def change_records_in_bulk(
+    *,
+    records: Iterable[ServiceRecord],
+    actor: User | None,
+    status: Status | None = None,
+    assigned_admin: User | None | object = UNSET,
+) -> dict[int, dict[str, tuple[str, str]]]:
+    """The same status and/or assignee for several records, each changed (and its event
+    sent) as if it had been changed on its own page. Returns the changes by record number."""
+    changed = {}
+    with transaction.atomic():
+        for record in records:
+            changes = change_record_details(
+                record=record, actor=actor, status=status, assigned_admin=assigned_admin
+            )
+            if changes:
+                changed[record.pk] = changes
+    return changed
+
+
+def closed_status() -> Status:
+    status = Status.objects.filter(is_closed=True).order_by("order", "pk").first()
+    if status is None:
+        ensure_default_statuses()
+        status = Status.objects.filter(is_closed=True).order_by("order", "pk").first()
+    assert status is not None
+    return status
+
+
+def merge_records(*, kept: ServiceRecord, merged: ServiceRecord, actor: User) -> None:
+    """Merge `merged` into `kept`: its message log (messages with their attachments) joins
+    the kept record's, it is closed and marked as merged into the kept one, and records
+    merged into it before now point at the kept one (so a chain is never longer than one
+    step). Its number goes on threading into the kept record (records.selectors.
+    existing_records), and its requester counts as a participant there (is_on_record).
+    Nobody is emailed: the requester's next email simply lands in the kept record."""
+    if kept.pk == merged.pk:
+        raise ValidationError("A record cannot be merged into itself.")
+    if kept.merged_into_id is not None:
+        raise ValidationError(
+            f"{kept.display_number} was itself merged into #{kept.merged_into_id}: "
+            f"merge into #{kept.merged_into_id} instead."
+        )
+    if merged.merged_into_id is not None:
+        raise ValidationError(
+            f"{merged.display_number} is already merged into #{merged.merged_into_id}."
+        )
+    with transaction.atomic():
+        # Locked in a fixed order, so two agents merging the same pair both way round wait
+        # for each other and the second one is refused.
+        locked = {
+            record.pk: record
+            for record in ServiceRecord.objects.select_for_update()
+            .filter(pk__in=[kept.pk, merged.pk])
+            .order_by("pk")
+        }
+        if locked[kept.pk].merged_into_id or locked[merged.pk].merged_into_id:
+            raise ValidationError("One of these records was merged meanwhile: reload the page.")
+        Message.objects.filter(record=merged).update(record=kept)
+        # The emails about it (held back ones among them) follow; the outbox belongs to the
+        # mail engine, never imported here, and is reached through its reverse relation.
+        if hasattr(ServiceRecord, "outbox_emails"):
+            merged.outbox_emails.update(record=kept)
+        ServiceRecord.objects.filter(merged_into=merged).update(merged_into=kept)
+        merged.merged_into = kept
+        merged.status = closed_status()
+        merged.save(update_fields=["merged_into", "status", "updated_at"])
+        add_message(
+            record=kept,
+            direction=Direction.OUTGOING,
+            from_address=actor.email,
+            subject=f"Merged {merged.display_number} into this record",
+            text_body=(
+                f"{merged.display_number} “{merged.title}” (requester "
+                f"{merged.requester.email or merged.requester.get_username()}) was merged into "
+                f"this record; its message log is above, in order of time."
+                + (f"\n\nIts description:\n{merged.description}" if merged.description else "")
+            ),
+            author=actor,
+            is_internal=True,
+        )

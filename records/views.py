@@ -7,15 +7,27 @@ from typing import Any
 
 from csp.decorators import csp_update
 from django.contrib import messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
 from django.views import View
 
 from integrations.views import StaffPermissionRequiredMixin
-from records import selectors
-from records.forms import DeskSettingsForm, RecordDetailsForm, RecordSearchForm, ReplyForm
+from records import selectors, services
+from records.filters import RecordFilter
+from records.forms import (
+    BulkChangeForm,
+    DeskSettingsForm,
+    DueDateForm,
+    MergeForm,
+    NewRecordForm,
+    NoteForm,
+    RecordDetailsForm,
+    ReplyForm,
+)
 from records.models import Attachment, DeskSettings, Direction, Message, ServiceRecord
 from records.originals import original_response
 from records.services import DETAIL_LABELS, change_record_details, post_agent_reply
@@ -26,14 +38,118 @@ INLINE_IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "ima
 
 
 class RecordListView(StaffPermissionRequiredMixin, View):
+    """The list: filters, views and sorting from the query string (GET), and the bulk change
+    of the selected records (POST, see RecordBulkChangeView)."""
+
     permission_required = "records.view_servicerecord"
 
     def get(self, request: HttpRequest) -> HttpResponse:
-        form = RecordSearchForm(request.GET)
-        records = selectors.search_records(**form.search_arguments())
-        page = Paginator(records, RECORDS_PER_PAGE).get_page(request.GET.get("page"))
-        context = {"form": form, "page_obj": page, "records": page.object_list}
-        return render(request, "records/list.html", context)
+        return _render_list(request)
+
+
+def _render_list(
+    request: HttpRequest, *, bulk_form: BulkChangeForm | None = None, status: int = 200
+) -> HttpResponse:
+    filters = RecordFilter(request.GET, queryset=selectors.records_for_list(), user=request.user)
+    # A value that names nothing (a deleted status, say) is left out of the filtering:
+    # cleaned_data holds only the valid ones.
+    filters.is_valid()
+    records = filters.sorted()
+    page = Paginator(records, RECORDS_PER_PAGE).get_page(request.GET.get("page"))
+    context = {
+        "filter": filters,
+        "form": filters.form,
+        "page_obj": page,
+        "records": page.object_list,
+        "sort": filters.sort_key,
+        "columns": LIST_COLUMNS,
+        "view": request.GET.get("view", ""),
+        "can_change": request.user.has_perm("records.change_servicerecord"),
+        "can_add": request.user.has_perm("records.add_servicerecord"),
+        "bulk_form": bulk_form or BulkChangeForm(),
+        "filtered": any(
+            request.GET.get(name) for name in filters.form.fields if name not in ("sort", "view")
+        ),
+    }
+    return render(request, "records/list.html", context, status=status)
+
+
+# The list's columns: (label, the sort key of records.selectors.SORTS).
+LIST_COLUMNS = [
+    ("Number", "number"),
+    ("Title", "title"),
+    ("Status", "status"),
+    ("Priority", "priority"),
+    ("Requester", "requester"),
+    ("Assigned admin", "assignee"),
+    ("Updated", "updated"),
+    ("Due", "due"),
+]
+
+
+class RecordBulkChangeView(StaffPermissionRequiredMixin, View):
+    permission_required = "records.change_servicerecord"
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        form = BulkChangeForm(request.POST)
+        if not form.is_valid():
+            return _render_list(request, bulk_form=form, status=400)
+        changed = services.change_records_in_bulk(
+            records=form.cleaned_data["records"],
+            actor=request.user,
+            status=form.cleaned_data["bulk_status"],
+            assigned_admin=form.assignee(),
+        )
+        count = len(form.cleaned_data["records"])
+        if changed:
+            numbers = ", ".join(f"#{number}" for number in sorted(changed))
+            messages.success(request, f"Changed {len(changed)} of {count} records: {numbers}.")
+        else:
+            messages.info(request, f"Nothing changed: the {count} records were already so.")
+        # Back to the same view of the list (its query string), never to another site.
+        back = QueryDict(request.POST.get("back", "")).urlencode()
+        return redirect(f"{reverse('records:list')}?{back}" if back else "records:list")
+
+
+class RecordCreateView(StaffPermissionRequiredMixin, View):
+    """A record opened by hand, e.g. for a phone call."""
+
+    permission_required = "records.add_servicerecord"
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        return render(request, "records/new.html", {"form": NewRecordForm()})
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        form = NewRecordForm(request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                record = services.open_record_for_requester(
+                    actor=request.user,
+                    requester_email=data["requester_email"],
+                    title=data["title"],
+                    description=data["description"],
+                    status=data["status"],
+                    priority=data["priority"],
+                    category=data["category"],
+                    group=data["group"],
+                    assigned_admin=data["assigned_admin"],
+                    due_at=data["due_at"],
+                    notify_requester=data["notify_requester"],
+                )
+            except ValidationError as exc:
+                form.add_error(None, exc)
+            else:
+                # The usual acknowledgement: it goes when Notifications send it for new records.
+                told = (
+                    " The requester's acknowledgement is on its way (when notifications to end "
+                    "users about new records are on)."
+                    if data["notify_requester"]
+                    else ""
+                )
+                messages.success(request, f"Opened {record.display_number}.{told}")
+                return redirect("records:detail", pk=record.pk)
+        return render(request, "records/new.html", {"form": form}, status=400)
 
 
 def _get_record(pk: int) -> ServiceRecord:
@@ -53,6 +169,9 @@ def _render_record_page(
     *,
     reply_form: ReplyForm | None = None,
     details_form: RecordDetailsForm | None = None,
+    note_form: NoteForm | None = None,
+    due_form: DueDateForm | None = None,
+    merge_form: MergeForm | None = None,
     status: int = 200,
 ) -> HttpResponse:
     context: dict[str, Any] = {
@@ -62,6 +181,9 @@ def _render_record_page(
         "can_change": request.user.has_perm("records.change_servicerecord"),
         "reply_form": reply_form or ReplyForm(record=record),
         "details_form": details_form or RecordDetailsForm(record=record),
+        "note_form": note_form or NoteForm(),
+        "due_form": due_form or DueDateForm(initial={"due_at": record.due_at}),
+        "merge_form": merge_form or MergeForm(record=record),
     }
     return render(request, "records/detail.html", context, status=status)
 
@@ -70,15 +192,34 @@ class RecordDetailView(StaffPermissionRequiredMixin, View):
     permission_required = "records.view_servicerecord"
 
     def get(self, request: HttpRequest, pk: int) -> HttpResponse:
-        return _render_record_page(request, _get_record(pk))
+        record = _get_record(pk)
+        if record.merged_into_id is not None:
+            kept = selectors.existing_records(numbers=[record.pk])[record.pk]
+            messages.info(
+                request,
+                f"{record.display_number} was merged into {kept.display_number}: its messages "
+                "are here.",
+            )
+            return redirect("records:detail", pk=kept.pk)
+        return _render_record_page(request, record)
+
+
+def _changeable_record(pk: int) -> ServiceRecord:
+    """A record an agent may write to: a merged one is read-only (its log moved away)."""
+    record = _get_record(pk)
+    if record.merged_into_id is not None:
+        raise PermissionDenied(
+            f"{record.display_number} was merged into #{record.merged_into_id}: work there."
+        )
+    return record
 
 
 class RecordReplyView(StaffPermissionRequiredMixin, View):
     permission_required = "records.change_servicerecord"
 
     def post(self, request: HttpRequest, pk: int) -> HttpResponse:
-        record = _get_record(pk)
-        form = ReplyForm(request.POST, record=record)
+        record = _changeable_record(pk)
+        form = ReplyForm(request.POST, request.FILES, record=record)
         if form.is_valid():
             try:
                 post_agent_reply(
@@ -86,6 +227,9 @@ class RecordReplyView(StaffPermissionRequiredMixin, View):
                     author=request.user,
                     body=form.cleaned_data["body"],
                     integration_id=form.integration_id(),
+                    cc=form.cleaned_data["cc"],
+                    bcc=form.cleaned_data["bcc"],
+                    attachments=form.uploaded_files(),
                 )
             except ValidationError as exc:
                 form.add_error(None, exc)
@@ -99,7 +243,7 @@ class RecordDetailsView(StaffPermissionRequiredMixin, View):
     permission_required = "records.change_servicerecord"
 
     def post(self, request: HttpRequest, pk: int) -> HttpResponse:
-        record = _get_record(pk)
+        record = _changeable_record(pk)
         form = RecordDetailsForm(request.POST, record=record)
         if not form.is_valid():
             return _render_record_page(request, record, details_form=form, status=400)
@@ -119,6 +263,82 @@ class RecordDetailsView(StaffPermissionRequiredMixin, View):
         else:
             messages.info(request, "Nothing changed.")
         return redirect("records:detail", pk=record.pk)
+
+
+class RecordNoteView(StaffPermissionRequiredMixin, View):
+    permission_required = "records.change_servicerecord"
+
+    def post(self, request: HttpRequest, pk: int) -> HttpResponse:
+        record = _changeable_record(pk)
+        form = NoteForm(request.POST)
+        if form.is_valid():
+            try:
+                services.add_internal_note(
+                    record=record, author=request.user, body=form.cleaned_data["note"]
+                )
+            except ValidationError as exc:
+                form.add_error(None, exc)
+            else:
+                messages.success(request, "Internal note added (not emailed to anyone).")
+                return redirect("records:detail", pk=record.pk)
+        return _render_record_page(request, record, note_form=form, status=400)
+
+
+class RecordDueDateView(StaffPermissionRequiredMixin, View):
+    permission_required = "records.change_servicerecord"
+
+    def post(self, request: HttpRequest, pk: int) -> HttpResponse:
+        record = _changeable_record(pk)
+        form = DueDateForm(request.POST)
+        if not form.is_valid():
+            return _render_record_page(request, record, due_form=form, status=400)
+        due_at = form.cleaned_data["due_at"]
+        if not services.set_due_date(record=record, due_at=due_at):
+            messages.info(request, "Nothing changed.")
+        elif due_at is None:
+            messages.success(request, "Due date removed.")
+        else:
+            local = timezone.localtime(due_at)
+            messages.success(request, f"Due {local:%Y-%m-%d %H:%M}.")
+        return redirect("records:detail", pk=record.pk)
+
+
+class RecordEscalateView(StaffPermissionRequiredMixin, View):
+    permission_required = "records.change_servicerecord"
+
+    def post(self, request: HttpRequest, pk: int) -> HttpResponse:
+        record = _changeable_record(pk)
+        try:
+            services.escalate_record(record=record, actor=request.user)
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+        else:
+            messages.success(request, f"Escalated {record.display_number}: admins were told.")
+        return redirect("records:detail", pk=record.pk)
+
+
+class RecordMergeView(StaffPermissionRequiredMixin, View):
+    """Merge this record into another, which is kept."""
+
+    permission_required = "records.change_servicerecord"
+
+    def post(self, request: HttpRequest, pk: int) -> HttpResponse:
+        record = _changeable_record(pk)
+        form = MergeForm(request.POST, record=record)
+        if form.is_valid():
+            kept = form.cleaned_data["into"]
+            try:
+                services.merge_records(kept=kept, merged=record, actor=request.user)
+            except ValidationError as exc:
+                form.add_error("into", exc)
+            else:
+                messages.success(
+                    request,
+                    f"Merged {record.display_number} into {kept.display_number}: its messages "
+                    f"are here, and emails to {record.display_number} arrive here too.",
+                )
+                return redirect("records:detail", pk=kept.pk)
+        return _render_record_page(request, record, merge_form=form, status=400)
 
 
 class AttachmentDownloadView(StaffPermissionRequiredMixin, View):

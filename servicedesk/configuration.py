@@ -227,7 +227,13 @@ def broker_settings(
         if broker_url.startswith(("redis://", "rediss://")):
             # Longer than any pass over a mailbox, so a task acked late is not redelivered
             # to a second worker while the first still works on it.
-            options = {"visibility_timeout": visibility_timeout, "socket_connect_timeout": 5}
+            options = {
+                "visibility_timeout": visibility_timeout,
+                "socket_connect_timeout": 5,
+                # The worker takes from its queues in the order they are listed
+                # (CELERY_TASK_QUEUES): a new email's pass before routine polls.
+                "queue_order_strategy": "priority",
+            }
         return BrokerSettings(url=broker_url, transport_options=options)
     folder = data_dir / "broker"
     queue_folder = folder / "queue"

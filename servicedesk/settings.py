@@ -13,6 +13,7 @@ from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
 
 from servicedesk.configuration import (
     DEFAULT_WEB_BIND,
@@ -233,12 +234,25 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Two queues, consumed by every worker in this order: passes for new mail (IMAP IDLE, Graph
+# push) first, then everything else (routine polls, the outbox, heartbeats). On Redis the
+# first is always taken first (queue_order_strategy "priority"); the filesystem broker
+# alternates between them. See mailworker/scheduling.py.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_QUEUES = [Queue("mail-push"), Queue(CELERY_TASK_DEFAULT_QUEUE)]
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULER = "servicedesk.celery:PrivatePersistentScheduler"
 # How often beat looks for integrations whose poll interval is up.
 POLL_DISPATCH_SECONDS = env.int("POLL_DISPATCH_SECONDS", default=15)
 # A failing integration's interval doubles per failed pass, up to this.
 POLL_BACKOFF_MAX_SECONDS = env.int("POLL_BACKOFF_MAX_SECONDS", default=3600)
+# A pass takes at most this many emails or seconds, then queues its continuation behind
+# the other mailboxes' passes: one mailbox with 50,000 waiting emails delays no other.
+PASS_MAX_EMAILS = env.int("PASS_MAX_EMAILS", default=1000)
+PASS_MAX_SECONDS = env.int("PASS_MAX_SECONDS", default=20)
+# A mailbox whose pass is queued is not queued again, unless it has waited this long (a
+# task lost with a broker that was flushed).
+POLL_QUEUED_STALE_SECONDS = env.int("POLL_QUEUED_STALE_SECONDS", default=600)
 # /healthz is unhealthy when an integration's pass is overdue by more than this.
 POLL_MAX_DELAY_SECONDS = env.int("POLL_MAX_DELAY_SECONDS", default=300)
 # Processes that parse the next chunk of emails while a pass writes the current one: unset
@@ -261,6 +275,9 @@ HEARTBEAT_MAX_AGE_SECONDS = env.int("HEARTBEAT_MAX_AGE_SECONDS", default=120)
 
 # An email larger than this is not imported: its headers are quarantined, the sender told.
 MAX_INCOMING_EMAIL_BYTES = env.int("MAX_INCOMING_EMAIL_BYTES", default=25 * 1024 * 1024)
+# The files an agent attaches to one reply, together: the email grows by a third in base64,
+# and most receiving servers refuse more than 25 MB.
+REPLY_ATTACHMENTS_MAX_BYTES = env.int("REPLY_ATTACHMENTS_MAX_BYTES", default=10 * 1024 * 1024)
 
 # Automatic emails (notifications, notices) to one address within an hour; more are held
 # back as "suppressed" (a loop with an auto-responder stops here).

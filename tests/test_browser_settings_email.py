@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from integrations.models import EmailIntegration
-from tests.conftest import ADMIN_PASSWORD, incoming_imap, stored_column
+from tests.conftest import ADMIN_PASSWORD, incoming_imap, outgoing_smtp, stored_column
 
 pytestmark = pytest.mark.browser
 
@@ -80,7 +80,9 @@ def test_admin_creates_an_incoming_integration_through_the_form(admin_page: Page
     expect(listed.locator("td").nth(1)).to_have_text("Incoming")
     expect(listed.locator("td").nth(2)).to_have_text("IMAP")
     expect(listed.locator("td").nth(3)).to_have_text("support@example.com")
-    expect(listed.locator("td.default-mark")).to_have_text("Default")
+    # It only reads, so it is not the default: the default sends the desk's system emails.
+    expect(listed.locator("td.default-mark")).to_be_empty()
+    expect(page.locator("#system-sender")).to_contain_text("No integration sends email")
 
     saved = EmailIntegration.objects.get(name="Support desk")
     assert saved.incoming_password == "typed-imap-secret"
@@ -108,7 +110,9 @@ def test_the_outgoing_section_opens_and_closes_with_its_toggle(admin_page: Page)
     page.locator("#id_smtp_host").fill("smtp.example.com")
     apply(page)
 
-    expect(page.get_by_role("status")).to_have_text("Integration “Outbound” created.")
+    expect(page.get_by_role("status")).to_have_text(
+        re.compile(r"^Integration “Outbound” created\. It is the default integration")
+    )
     page.goto(LIST)
     listed = row(page, "Outbound")
     expect(listed.locator("td").nth(1)).to_have_text("Outgoing")
@@ -160,8 +164,8 @@ def test_a_broken_subject_regex_is_shown_in_the_opened_advanced_part(admin_page:
 def test_making_another_integration_the_default_moves_the_mark(
     admin_page: Page, make_integration: Callable[..., EmailIntegration]
 ) -> None:
-    make_integration(**incoming_imap(name="First", incoming_username="first@example.com"))
-    make_integration(**incoming_imap(name="Second", incoming_username="second@example.com"))
+    make_integration(**outgoing_smtp(name="First", email_address="first@example.com"))
+    make_integration(**outgoing_smtp(name="Second", email_address="second@example.com"))
     page = admin_page
     page.reload()
     expect(row(page, "First").locator("td.default-mark")).to_have_text("Default")
@@ -225,3 +229,62 @@ def test_status_exceptions_are_a_group_named_by_their_label(admin_page: Page) ->
     expect(group).to_be_visible()
     expect(group.get_by_role("checkbox")).to_have_count(5)
     expect(group.get_by_label("Closed")).to_be_visible()
+
+
+def test_a_failed_apply_is_summed_up_at_the_top_with_links_to_the_fields(
+    admin_page: Page, tmp_path
+) -> None:
+    page = admin_page
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(NEW)
+    page.get_by_label("Name", exact=True).fill("Support")
+    page.get_by_role("checkbox", name="Incoming Emails", exact=True).check()
+    page.locator("#id_incoming_username").fill("support@example.com")
+    page.locator("#id_incoming_password").fill("typed-imap-secret")
+    page.get_by_role("checkbox", name="Outgoing Emails", exact=True).check()
+    page.locator("#id_smtp_host").fill("smtp.example.com")
+    apply(page)
+
+    summary = page.locator("#error-summary")
+    expect(summary).to_be_in_viewport()
+    expect(summary.get_by_role("heading")).to_have_text("Not applied: 2 problems to fix")
+    page.screenshot(path=tmp_path / "emailfix-error-summary.png")
+    # Far below; the link brings it on screen.
+    address = page.locator("#field-email_address")
+    expect(address).not_to_be_in_viewport()
+    summary.get_by_role("link", name="Outgoing Emails › Email address").click()
+    expect(page).to_have_url(re.compile(r"#field-email_address$"))
+    expect(address).to_be_in_viewport()
+    expect(address.locator(".field-error")).to_have_text("Enter the address emails are sent from.")
+    summary.get_by_role("link", name="Incoming Emails › Server").click()
+    expect(page.locator("#field-incoming_server")).to_be_in_viewport()
+    # What was typed stays (the password excepted: never sent back).
+    expect(page.locator("#id_smtp_host")).to_have_value("smtp.example.com")
+    expect(page.locator("#id_incoming_username")).to_have_value("support@example.com")
+    assert not EmailIntegration.objects.exists()
+
+
+def test_pop3_shows_no_folder_and_no_push_delivery(admin_page: Page) -> None:
+    page = admin_page
+    page.goto(NEW)
+    page.get_by_role("checkbox", name="Incoming Emails", exact=True).check()
+    protocol = page.locator("#id_incoming_protocol")
+    folder, push = page.locator("#field-incoming_folder"), page.locator("#field-use_idle")
+    expect(folder).to_be_visible()
+    expect(push).to_be_visible()
+
+    protocol.select_option("pop3")
+    expect(folder).to_be_hidden()
+    expect(push).to_be_hidden()
+    expect(page.locator("#field-poll_interval_seconds")).to_be_visible()
+
+    # OAuth 2.0 reading over POP3 is POP3 too.
+    protocol.select_option("google")
+    expect(folder).to_be_visible()
+    page.locator("#id_oauth_mailbox_access").select_option("pop3")
+    expect(folder).to_be_hidden()
+    expect(push).to_be_hidden()
+
+    protocol.select_option("imap")
+    expect(folder).to_be_visible()
+    expect(push).to_be_visible()

@@ -28,14 +28,28 @@ def test_test_sends_an_email_and_shows_the_server_s_answer(
     page.get_by_label("Send a test email to").fill("jane@customer.test")
     page.get_by_role("button", name="Test", exact=True).click()
 
-    outcome = page.locator("#outgoing-fields #outgoing-test-outcome")
+    outcome = page.locator("#outgoing-test #outgoing-test-outcome")
     expect(outcome).to_contain_text("Sent to jane@customer.test")
     expect(outcome).to_contain_text(re.compile(r"The server answered: 250 2\.0\.0 Ok"))
     expect(page.locator(".test-error")).to_have_count(0)
+    # Where the button is, and on screen: the page came back at the Test panel.
+    expect(page).to_have_url(re.compile(r"#outgoing-test$"))
+    button = page.get_by_role("button", name="Test", exact=True)
+    expect(button).to_be_in_viewport()
+    expect(outcome).to_be_in_viewport()
+    button_box, outcome_box = button.bounding_box(), outcome.bounding_box()
+    assert outcome_box["x"] > button_box["x"] + button_box["width"]  # beside it
+    assert abs(outcome_box["y"] - button_box["y"]) < button_box["height"]
     (received,) = smtp_server.messages
     assert received.rcpt_tos == ["jane@customer.test"]
     # The typed address stays for the next try.
     expect(page.get_by_label("Send a test email to")).to_have_value("jane@customer.test")
+
+    # A reload shows the page again: no second test email, and the outcome was shown once.
+    page.reload()
+    expect(page.get_by_role("heading", name="Outbound desk")).to_be_visible()
+    expect(page.locator("#outgoing-test-outcome")).to_have_count(0)
+    assert len(smtp_server.messages) == 1
 
 
 def test_a_wrong_smtp_password_is_shown_next_to_the_password_field(
@@ -54,7 +68,11 @@ def test_a_wrong_smtp_password_is_shown_next_to_the_password_field(
     expect(error).to_be_visible()
     expect(error).to_contain_text("Authentication failed")
     expect(error).to_contain_text("535")
-    expect(page.locator("#outgoing-test-outcome")).to_contain_text("Test failed")
+    expect(page.locator("#outgoing-test #outgoing-test-outcome")).to_contain_text("Test failed")
+    # The panel's link leads to the field the error concerns.
+    page.locator("#outgoing-test-outcome").get_by_role("link", name="Go to Password").click()
+    expect(page).to_have_url(re.compile(r"#field-smtp_password$"))
+    expect(page.locator("#field-smtp_password")).to_be_in_viewport()
     assert smtp_server.messages == []
 
 
@@ -72,6 +90,6 @@ def test_test_connection_shows_how_many_emails_wait(
 
     page.get_by_role("button", name="Test connection", exact=True).click()
 
-    expect(page.locator("#incoming-fields #incoming-test-outcome")).to_contain_text(
+    expect(page.locator("#incoming-test #incoming-test-outcome")).to_contain_text(
         "folder INBOX: 2 emails waiting."
     )

@@ -129,6 +129,16 @@ def raw_email(subject: str) -> bytes:
     ).encode()
 
 
+def run_test(client, url: str, data: dict[str, str] | None = None):
+    """Press a Test button: the POST redirects to the integration's page, at the panel
+    (POST/redirect/GET), and that page shows the outcome."""
+    response = client.post(url, data or {})
+    assert response.status_code == 302
+    page_url, _, anchor = response["Location"].partition("#")
+    assert anchor in ("outgoing-test", "incoming-test")
+    return client.get(page_url)
+
+
 @pytest.fixture
 def admin_client(client, admin_user):
     client.force_login(admin_user)
@@ -144,11 +154,11 @@ def test_the_test_email_arrives_and_the_server_s_answer_is_shown(
     integration = smtp_integration(encryption="tls", name="Support desk")
     smtp_server.clear()
 
-    response = admin_client.post(outgoing_url(integration), {"to": "jane@customer.test"})
+    response = run_test(admin_client, outgoing_url(integration), {"to": "jane@customer.test"})
 
     assert response.status_code == 200
     soup = page(response)
-    outcome = text_of(soup, "#outgoing-fields #outgoing-test-outcome")
+    outcome = text_of(soup, "#outgoing-test #outgoing-test-outcome")
     assert outcome.startswith("Sent to jane@customer.test through 127.0.0.1:")
     assert "The server answered: 250 2.0.0 Ok: queued as T" in outcome
     assert soup.select(".test-error") == []
@@ -173,7 +183,7 @@ def test_a_wrong_smtp_password_is_shown_next_to_the_password_field(
     integration = smtp_integration(encryption="ssl", smtp_password="not the password")
     smtp_server.clear()
 
-    response = admin_client.post(outgoing_url(integration), {"to": "jane@customer.test"})
+    response = run_test(admin_client, outgoing_url(integration), {"to": "jane@customer.test"})
 
     soup = page(response)
     error = text_of(soup, "#outgoing-fields #field-smtp_password .test-error")
@@ -182,14 +192,16 @@ def test_a_wrong_smtp_password_is_shown_next_to_the_password_field(
     assert "desk@desk.test" in error
     assert "has-error" in soup.select_one("#field-smtp_password").classes
     assert len(soup.select(".test-error")) == 1
-    assert "next to the field" in text_of(soup, "#outgoing-test-outcome")
+    outcome = text_of(soup, "#outgoing-test #outgoing-test-outcome")
+    assert outcome.startswith("Test failed: Authentication failed")
+    assert soup.select_one("#outgoing-test-outcome a")["href"] == "#field-smtp_password"
     assert smtp_server.messages == []
 
 
 def test_a_refused_connection_is_shown_next_to_the_port(admin_client, smtp_integration) -> None:
     integration = smtp_integration(encryption="none", smtp_port=free_port())
 
-    response = admin_client.post(outgoing_url(integration), {"to": "jane@customer.test"})
+    response = run_test(admin_client, outgoing_url(integration), {"to": "jane@customer.test"})
 
     error = text_of(page(response), "#field-smtp_port .test-error")
     assert "refused the connection" in error
@@ -200,7 +212,7 @@ def test_an_untrusted_certificate_is_shown_next_to_the_ca_certificate(
 ) -> None:
     integration = smtp_integration(encryption="tls", ca_certificate="")
 
-    response = admin_client.post(outgoing_url(integration), {"to": "jane@customer.test"})
+    response = run_test(admin_client, outgoing_url(integration), {"to": "jane@customer.test"})
 
     error = text_of(page(response), "#field-ca_certificate .test-error")
     assert "not trusted" in error
@@ -211,7 +223,7 @@ def test_a_refused_sender_is_shown_next_to_the_email_address(
 ) -> None:
     integration = smtp_integration(encryption="tls", email_address="desk@blocked.test")
 
-    response = admin_client.post(outgoing_url(integration), {"to": "jane@customer.test"})
+    response = run_test(admin_client, outgoing_url(integration), {"to": "jane@customer.test"})
 
     error = text_of(page(response), "#field-email_address .test-error")
     assert "refused the sender desk@blocked.test" in error
@@ -234,7 +246,7 @@ def test_the_address_typed_is_checked_next_to_it(
     integration = smtp_integration(encryption="tls")
     smtp_server.clear()
 
-    response = admin_client.post(outgoing_url(integration), {"to": to})
+    response = run_test(admin_client, outgoing_url(integration), {"to": to})
 
     assert expected in text_of(page(response), "#outgoing-test #field-test-to .test-error")
     assert smtp_server.messages == []
@@ -250,10 +262,10 @@ def test_test_connection_counts_the_waiting_emails(
     integration = dovecot_integration(protocol=protocol, encryption=encryption)
     dovecot.deliver(integration.incoming_username, [raw_email(f"Email {n}") for n in range(3)])
 
-    response = admin_client.post(incoming_url(integration))
+    response = run_test(admin_client, incoming_url(integration))
 
     assert response.status_code == 200
-    outcome = text_of(page(response), "#incoming-fields #incoming-test-outcome")
+    outcome = text_of(page(response), "#incoming-test #incoming-test-outcome")
     port = dovecot.port_for(protocol, encryption)
     assert outcome.startswith(f"Logged in to 127.0.0.1:{port} as {integration.incoming_username}")
     assert outcome.endswith("3 emails waiting.")
@@ -267,7 +279,7 @@ def test_a_wrong_mailbox_password_is_shown_next_to_the_password_field(
 ) -> None:
     integration = dovecot_integration(incoming_password="not the password")
 
-    response = admin_client.post(incoming_url(integration))
+    response = run_test(admin_client, incoming_url(integration))
 
     error = text_of(page(response), "#incoming-fields #field-incoming_password .test-error")
     assert error.startswith("Authentication failed:")
@@ -277,7 +289,7 @@ def test_a_wrong_mailbox_password_is_shown_next_to_the_password_field(
 def test_a_missing_folder_is_shown_next_to_the_folder(admin_client, dovecot_integration) -> None:
     integration = dovecot_integration(incoming_folder="Nowhere")
 
-    response = admin_client.post(incoming_url(integration))
+    response = run_test(admin_client, incoming_url(integration))
 
     error = text_of(page(response), "#field-incoming_folder .test-error")
     assert "'Nowhere' does not exist" in error
@@ -341,7 +353,7 @@ def test_staff_with_the_change_permission_may_test(
     integration = smtp_integration()
     client.force_login(make_staff("editor", "view_emailintegration", "change_emailintegration"))
 
-    response = client.post(outgoing_url(integration), {"to": "jane@customer.test"})
+    response = run_test(client, outgoing_url(integration), {"to": "jane@customer.test"})
 
     assert "The server answered: 250" in text_of(page(response), "#outgoing-test-outcome")
 

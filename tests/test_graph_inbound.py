@@ -22,6 +22,7 @@ from tests.graph_helpers import make_graph_integration
 from tests.graph_server import GraphServer
 from tests.mail import make_email
 from tests.oauth_helpers import connect_with_test_client
+from tests.test_connection_tests import run_test
 from tests.workers import Workers, wait_until
 
 pytestmark = pytest.mark.django_db
@@ -382,7 +383,9 @@ def test_test_connection_names_the_missing_application_permission(
     integration = graph_integration()
     graph.app(integration.oauth_client_id).roles = {"Mail.Send"}
 
-    page = admin_client_for_graph.post(reverse("integration_tests:incoming", args=[integration.pk]))
+    page = run_test(
+        admin_client_for_graph, reverse("integration_tests:incoming", args=[integration.pk])
+    )
 
     text = page.content.decode()
     assert "Authentication failed" in text

@@ -22,11 +22,12 @@ from mailworker.models import NotificationSettings, OutboxEmail
 from mailworker.outbound.queue import queue_email
 from mailworker.pipeline.passes import run_pass
 from records.models import Direction, ServiceRecord
+from records.services import create_record, get_or_create_end_user, post_agent_reply
 from tests.graph_helpers import make_graph_integration
 from tests.graph_server import GraphServer
 from tests.mail import make_email
 from tests.oauth_helpers import connect_with_test_client, make_oauth_integration
-from tests.test_connection_tests import page, text_of
+from tests.test_connection_tests import page, run_test, text_of
 
 pytestmark = pytest.mark.django_db
 State = OutboxEmail.State
@@ -135,6 +136,34 @@ def test_an_acknowledgement_goes_out_through_graph_byte_for_byte_and_the_reply_t
     assert [m.direction for m in record.messages.order_by("id")] == ["in", "out", "in"]
 
 
+def test_an_agent_s_bcc_reaches_graph_only_as_the_bcc_header_graph_strips(
+    graph, graph_desk, django_user_model
+) -> None:
+    """Graph reads the recipients from the MIME's headers: the Bcc the stored email never
+    carries is added for Graph alone (Exchange removes it from what the recipients get)."""
+    integration = graph_desk()
+    requester, _ = get_or_create_end_user(email="jane@customer.test")
+    record = create_record(title="Printer on fire", description="", requester=requester)
+    agent = django_user_model.objects.create_user(
+        username="agent", email="agent@desk.test", is_staff=True
+    )
+    post_agent_reply(
+        record=record,
+        author=agent,
+        body="Unplug it.",
+        integration_id=integration.pk,
+        cc=["boss@customer.test"],
+        bcc=["audit@partner.test"],
+    )
+    assert send_due().sent == 1
+    _mailbox, mime = graph.sent[-1]
+    message = parsed(mime)
+    assert message["Bcc"] == "audit@partner.test"
+    assert message["Cc"] == "boss@customer.test" and message["To"] == "jane@customer.test"
+    (row,) = OutboxEmail.objects.filter(record=record)
+    assert b"audit@partner.test" not in bytes(row.raw_message)
+
+
 # Throttling and failures ---------------------------------------------------------------------
 
 
@@ -241,8 +270,10 @@ def test_without_mail_send_the_test_button_names_the_permission_next_to_the_app(
     graph.app(integration.oauth_client_id).roles = {"Mail.ReadWrite"}
     client.force_login(admin_user)
 
-    response = client.post(
-        reverse("integration_tests:outgoing", args=[integration.pk]), {"to": "jane@customer.test"}
+    response = run_test(
+        client,
+        reverse("integration_tests:outgoing", args=[integration.pk]),
+        {"to": "jane@customer.test"},
     )
 
     soup = page(response)

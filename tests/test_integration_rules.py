@@ -36,16 +36,34 @@ def test_default_statuses_exist_after_migrate() -> None:
     ]
 
 
-def test_first_integration_becomes_the_default() -> None:
-    first = save(**incoming_imap(name="First"))
-    second = save(**incoming_imap(name="Second", incoming_username="other@example.com"))
+def save_sending(name: str, **fields) -> EmailIntegration:
+    """An integration that reads and sends, as a desk's main one does."""
+    address = f"{name.lower()}@example.com"
+    return save(
+        **incoming_imap(
+            name=name,
+            incoming_username=address,
+            outgoing_enabled=True,
+            email_address=address,
+            smtp_host="smtp.example.com",
+            smtp_encryption="tls",
+            **fields,
+        )
+    )
+
+
+def test_first_integration_that_sends_becomes_the_default() -> None:
+    reader = save(**incoming_imap(name="Reader"))
+    first = save_sending("First")
+    second = save_sending("Second")
+    assert reader.is_default is False
     assert first.is_default is True
     assert second.is_default is False
 
 
 def test_making_another_integration_default_takes_the_mark_from_the_first() -> None:
-    first = save(**incoming_imap(name="First"))
-    second = save(**incoming_imap(name="Second", incoming_username="other@example.com"))
+    first = save_sending("First")
+    second = save_sending("Second")
     second.is_default = True
     save_integration(integration=second)
     first.refresh_from_db()
@@ -54,19 +72,63 @@ def test_making_another_integration_default_takes_the_mark_from_the_first() -> N
     assert EmailIntegration.objects.filter(is_default=True).count() == 1
 
 
+def test_an_integration_that_only_reads_cannot_be_made_the_default() -> None:
+    main = save_sending("Main")
+    with pytest.raises(ValidationError) as exc_info:
+        save(**incoming_imap(name="Reader", is_default=True))
+    assert "must have Outgoing Emails on" in errors_of(exc_info)["is_default"][0]
+    main.refresh_from_db()
+    assert main.is_default is True
+    assert not EmailIntegration.objects.filter(name="Reader").exists()
+
+
+def test_the_default_cannot_stop_sending() -> None:
+    main = save_sending("Main")
+    main.outgoing_enabled = False
+    with pytest.raises(ValidationError) as exc_info:
+        save_integration(integration=main)
+    assert "must have Outgoing Emails on" in errors_of(exc_info)["is_default"][0]
+    assert EmailIntegration.objects.get(pk=main.pk).outgoing_enabled is True
+
+
+def test_unticking_the_default_keeps_the_mark() -> None:
+    main = save_sending("Main")
+    save_sending("Other")
+    main.is_default = False
+    save_integration(integration=main)
+    assert EmailIntegration.objects.get(pk=main.pk).is_default is True
+
+
+def test_a_stored_default_that_cannot_send_hands_the_mark_on_when_unticked() -> None:
+    reader = save(**incoming_imap(name="Reader"))
+    sender = save(**incoming_imap(name="Sender", incoming_username="sender@example.com"))
+    EmailIntegration.objects.filter(pk=sender.pk).update(
+        outgoing_enabled=True, email_address="s@example.com", smtp_host="smtp.example.com"
+    )
+    # As stored before the rule: the default only reads.
+    EmailIntegration.objects.filter(pk=reader.pk).update(is_default=True)
+    reader.refresh_from_db()
+    reader.is_default = False
+    save_integration(integration=reader)
+    assert EmailIntegration.objects.get(pk=reader.pk).is_default is False
+    assert EmailIntegration.objects.get(pk=sender.pk).is_default is True
+
+
 def test_database_refuses_two_defaults() -> None:
-    save(**incoming_imap(name="First"))
-    other = save(**incoming_imap(name="Second", incoming_username="other@example.com"))
+    save_sending("First")
+    other = save_sending("Second")
     with pytest.raises(IntegrityError), transaction.atomic():
         EmailIntegration.objects.filter(pk=other.pk).update(is_default=True)
 
 
-def test_deleting_the_default_hands_the_mark_to_the_oldest_remaining() -> None:
-    first = save(**incoming_imap(name="First"))
-    second = save(**incoming_imap(name="Second", incoming_username="other@example.com"))
+def test_deleting_the_default_hands_the_mark_to_the_oldest_remaining_that_sends() -> None:
+    first = save_sending("First")
+    save(**incoming_imap(name="Reader", incoming_username="reader@example.com"))
+    second = save_sending("Second")
     delete_integration(integration=first)
     second.refresh_from_db()
     assert second.is_default is True
+    assert EmailIntegration.objects.get(name="Reader").is_default is False
 
 
 def test_name_is_unique() -> None:
@@ -230,9 +292,9 @@ def test_forward_ignored_to_needs_users_with_their_own_address(django_user_model
     )
     with pytest.raises(ValidationError) as exc_info:
         save_integration(integration=integration, forward_ignored_to=[nobody, desk])
-    message = errors_of(exc_info)["forward_ignored_to"][0]
-    assert "nomail has no email address" in message
-    assert "support@example.com is read by an incoming integration" in message
+    nomail, loop = errors_of(exc_info)["forward_ignored_to"]
+    assert "nomail has no email address" in nomail
+    assert loop.startswith("support@example.com is one of the desk's own addresses")
     save_integration(integration=integration, forward_ignored_to=[person])
     assert list(integration.forward_ignored_to.all()) == [person]
 

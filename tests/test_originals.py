@@ -11,7 +11,9 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 
 import pytest
+import zstandard
 from django.contrib.auth.models import Permission
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.urls import reverse
 from django.utils import timezone
@@ -80,10 +82,11 @@ def test_originals_of_a_created_record_and_an_appended_message_are_byte_identica
         assert message.original is not None
         assert message.original.size == len(raw)
         assert message.original.stored_size < len(raw) or len(raw) < 2000
-        # Gzip in the storage the desk uses for attachments.
+        # A Zstandard frame of a pack, in the storage the desk uses for attachments.
         assert message.original.file.name.startswith("originals/")
         with default_storage.open(message.original.file.name) as stored:
-            assert gzip.decompress(stored.read()) == raw
+            frame = stored.read()[message.original.offset :][: message.original.stored_size]
+            assert zstandard.ZstdDecompressor().decompress(frame) == raw
         log = ProcessedEmail.objects.get(record=message.record, original=message.original)
         assert log.outcome in ("created", "appended")
 
@@ -202,7 +205,8 @@ def test_retention_deletes_old_originals_and_log_rows_and_keeps_new_ones(
     dovecot, dovecot_integration
 ):
     integration = dovecot_integration()
-    dovecot.deliver(integration.incoming_username, [make_email(subject=f"n{n}") for n in (1, 2)])
+    raws = [make_email(subject=f"n{n}") for n in (1, 2)]
+    dovecot.deliver(integration.incoming_username, raws)
     run_pass(integration=integration)
     old, new = Original.objects.order_by("pk")
     old_log = ProcessedEmail.objects.get(original=old)
@@ -219,14 +223,37 @@ def test_retention_deletes_old_originals_and_log_rows_and_keeps_new_ones(
 
     assert deleted["originals"] == 1 and deleted["log_rows"] == 1
     assert not Original.objects.filter(pk=old.pk).exists()
-    assert not default_storage.exists(old.file.name)
     assert not default_storage.exists(orphan.name)
     assert not ProcessedEmail.objects.filter(pk=old_log.pk).exists()
     assert Original.objects.filter(pk=new.pk).exists()
     assert default_storage.exists(new.file.name)
+    assert read_original(Original.objects.get(pk=new.pk)) == raws[1]
     assert ProcessedEmail.objects.filter(original=new).exists()
     # The message that linked the old original remains, without it.
     assert Message.objects.filter(direction="in", original__isnull=True).count() == 1
+
+    # One pass wrote both into one pack: it goes with the last row that points into it.
+    assert old.file.name == new.file.name
+    Original.objects.filter(pk=new.pk).update(received_at=long_ago)
+    assert delete_expired()["originals"] == 1
+    assert not default_storage.exists(new.file.name)
+
+
+def test_an_original_stored_as_gzip_by_the_first_version_is_still_served(
+    client, agent, dovecot, dovecot_integration
+):
+    integration = dovecot_integration()
+    raw = make_email(subject="kept as gzip")
+    dovecot.deliver(integration.incoming_username, [raw])
+    run_pass(integration=integration)
+    message = Message.objects.get(direction="in")
+    legacy = default_storage.save(
+        "originals/2026/01/02/legacy.eml.gz", ContentFile(gzip.compress(raw))
+    )
+    Original.objects.filter(pk=message.original_id).update(file=legacy, offset=0)
+
+    client.force_login(agent)
+    assert download(client, reverse("records:original", args=[message.pk])) == raw
 
 
 def test_downloading_an_original_needs_login_and_the_view_permission(

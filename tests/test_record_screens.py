@@ -194,7 +194,9 @@ def test_list_reads_a_bounded_number_of_queries(
     for n in range(30):
         record = new_record(f"Record {n}", email=f"user{n}@customer.test")
         ServiceRecord.objects.filter(pk=record.pk).update(assigned_admin=agent)
-    with django_assert_max_num_queries(10):
+    # The filters' and the bulk change's choices (statuses, groups, categories, agents)
+    # are a few queries more, whatever the number of records.
+    with django_assert_max_num_queries(14):
         response = agent_client.get("/records/")
     assert len(response.context["records"]) == 30
 

@@ -16,6 +16,16 @@ LIST = "/settings/email/"
 NEW = "/settings/email/new/"
 
 
+# What makes an integration send (the default must): as model fields and as form data.
+SENDS = {
+    "outgoing_enabled": True,
+    "email_address": "support@example.com",
+    "smtp_host": "smtp.example.com",
+    "smtp_encryption": "tls",
+}
+SENDS_FORM = {**SENDS, "outgoing_enabled": "on"}
+
+
 def form_data(**overrides) -> dict[str, str]:
     data = {
         "name": "Support",
@@ -94,7 +104,7 @@ def test_posting_without_csrf_token_is_refused(admin_user) -> None:
 
 def test_admin_creates_an_integration_and_sees_it_listed(client: Client, admin_user) -> None:
     client.force_login(admin_user)
-    response = client.post(NEW, form_data())
+    response = client.post(NEW, form_data(**SENDS_FORM))
     integration = EmailIntegration.objects.get(name="Support")
     assert response.status_code == 302
     assert response["Location"] == f"/settings/email/{integration.pk}/"
@@ -155,10 +165,13 @@ def test_the_edition_limit_is_shown_on_the_form(
 def test_setting_a_second_default_moves_the_mark(
     client: Client, admin_user, make_integration
 ) -> None:
-    first = make_integration(**incoming_imap(name="First"))
+    first = make_integration(**incoming_imap(name="First", **SENDS))
     client.force_login(admin_user)
     client.post(
-        NEW, form_data(name="Second", incoming_username="second@example.com", is_default="on")
+        NEW,
+        form_data(
+            name="Second", incoming_username="second@example.com", is_default="on", **SENDS_FORM
+        ),
     )
     first.refresh_from_db()
     assert first.is_default is False

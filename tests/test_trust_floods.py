@@ -6,10 +6,12 @@ records in about a second, each forged address got an acknowledgement (backscatt
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group, Permission
 from django.test import Client
+from django.utils import timezone
 
 from mailworker.delivery import send_due
 from mailworker.models import OutboxEmail
@@ -161,6 +163,32 @@ def test_release_all_opens_the_held_records_without_acknowledgements(
     followed = client.get(response.url).text
     assert "Released 7 emails of the flood: 7 created." in followed
     assert "The quarantine is empty." in followed
+
+
+def test_release_all_dates_each_record_and_message_when_its_email_arrived(
+    desk, dovecot, admin_user, settings, client: Client
+):
+    settings.FLOOD_RECORDS_PER_SENDER_PER_HOUR = 1
+    dovecot.deliver(desk.incoming_username, flood_of(4))
+    run_pass(integration=desk)
+    held = list(Quarantine.objects.order_by("pk"))
+    assert len(held) == 3
+    # Held for days before an admin let them through, each since a different time.
+    arrived = {
+        entry.original_id: timezone.now() - timedelta(days=3, hours=n)
+        for n, entry in enumerate(held)
+    }
+    for entry in held:
+        Quarantine.objects.filter(pk=entry.pk).update(received_at=arrived[entry.original_id])
+
+    client.force_login(admin_user)
+    client.post("/quarantine/floods/release/", {"flood_key": f"sender:{ATTACKER}"})
+
+    released = Message.objects.filter(original_id__in=arrived).select_related("record")
+    assert released.count() == 3
+    for message in released:
+        assert message.created_at == arrived[message.original_id]
+        assert message.record.created_at == arrived[message.original_id]
 
 
 def test_release_all_is_a_post_of_staff_who_may_change_the_quarantine(

@@ -223,14 +223,15 @@ class Workers:
         self.processes.append(process)
         return process
 
-    def send(self, task: str, *args: object, **kwargs: object) -> None:
-        """Queue a task on the test broker, as beat or the IDLE listener would."""
+    def send(self, task: str, *args: object, queue: str | None = None, **kwargs: object) -> None:
+        """Queue a task on the test broker, as beat or the IDLE listener would (`queue`: the
+        default queue unless given)."""
         from kombu import Connection
 
         from servicedesk.celery import app
 
         with Connection(self.broker_url) as broker:
-            app.send_task(task, args=args, kwargs=kwargs, connection=broker)
+            app.send_task(task, args=args, kwargs=kwargs, connection=broker, queue=queue)
 
     def stop_all(self) -> None:
         for process in self.processes:

@@ -17,7 +17,7 @@ from django.utils import timezone
 from integrations.models import EmailIntegration
 from mailworker.delivery.results import Failure, SendReport, record_results, update_rows
 from mailworker.models import OutboxEmail
-from mailworker.outbound.compose import compose
+from mailworker.outbound.compose import AttachedFile, compose
 from mailworker.senders import Envelope, Sender, sender_for
 from mailworker.status import note_failure, note_success
 from mailworker.transport.errors import TransportError
@@ -69,10 +69,42 @@ def _compose_missing(rows: list[OutboxEmail]) -> None:
             in_reply_to=row.in_reply_to,
             references=row.references,
             automatic=row.is_automatic,
+            cc=row.cc_addresses,
+            bcc=row.bcc_addresses,
             attached_email=bytes(row.attached_email),
+            files=attached_files(row),
             message_id=row.message_id,
         ).raw
     update_rows(missing, ["raw_message"])
+
+
+def attached_files(row: OutboxEmail) -> list[AttachedFile]:
+    """The files of the message-log entry a reply delivers (an agent's attachments), read
+    once, when the email is composed: its bytes are then stored with the row."""
+    if row.kind != OutboxEmail.Kind.REPLY or row.log_message_id is None:
+        return []
+    files = []
+    for attachment in row.log_message.attachments.all():
+        with attachment.file.open("rb") as stored:
+            content = stored.read()
+        files.append(
+            AttachedFile(
+                filename=attachment.filename,
+                content_type=attachment.content_type,
+                content=content,
+            )
+        )
+    return files
+
+
+def envelope_of(row: OutboxEmail) -> Envelope:
+    """What the transport gets: every recipient, Bcc ones too (they are in no header)."""
+    return Envelope(
+        sender=row.sender_address,
+        recipients=[*row.to_addresses, *row.cc_addresses, *row.bcc_addresses],
+        message=bytes(row.raw_message),
+        bcc=list(row.bcc_addresses),
+    )
 
 
 def _by_integration(
@@ -124,14 +156,7 @@ def send_rows(rows: list[OutboxEmail], report: SendReport, senders: Senders) -> 
         for start in range(0, len(group), SEND_CHUNK):
             chunk = group[start : start + SEND_CHUNK]
             _compose_missing(chunk)
-            envelopes = [
-                Envelope(
-                    sender=row.sender_address,
-                    recipients=row.to_addresses,
-                    message=bytes(row.raw_message),
-                )
-                for row in chunk
-            ]
+            envelopes = [envelope_of(row) for row in chunk]
             try:
                 deliveries = senders.sender(integration).send(envelopes)
             except TransportError as error:

@@ -42,6 +42,15 @@ class HeaderInjectionError(ValueError):
 
 
 @dataclass(frozen=True)
+class AttachedFile:
+    """A file an agent attached to a reply, sent as a MIME part of its own."""
+
+    filename: str
+    content_type: str
+    content: bytes
+
+
+@dataclass(frozen=True)
 class ComposedEmail:
     message_id: str
     sender: str  # envelope sender
@@ -168,6 +177,26 @@ def _with_attachment(body: MIMEBase, attached_email: bytes) -> MIMEBase:
     return mixed
 
 
+def _with_files(body: MIMEBase, files: list[AttachedFile]) -> MIMEBase:
+    mixed = MIMEMultipart("mixed", policy=POLICY)
+    mixed.attach(_part(body))
+    for file in files:
+        name = " ".join(without_control_characters(file.filename).split()) or "attachment.bin"
+        maintype, _, subtype = file.content_type.partition("/")
+        if not (maintype and subtype) or maintype in ("multipart", "message"):
+            # A part that claims to contain parts would be parsed as such: send it as bytes.
+            maintype, subtype = "application", "octet-stream"
+        part = MIMEApplication(file.content, subtype, policy=POLICY)
+        part.replace_header("Content-Type", f"{maintype}/{subtype}")
+        part.add_header(
+            "Content-Disposition",
+            "attachment",
+            filename=name if name.isascii() else ("utf-8", "", name),
+        )
+        mixed.attach(_part(part))
+    return mixed
+
+
 def _set_headers(message: MIMEBase, headers: list[tuple[str, str]]) -> None:
     """The headers, then the MIME ones email.mime wrote first: the usual order to read."""
     mime = [(name, message[name]) for name in MIME_HEADERS if name in message]
@@ -190,12 +219,17 @@ def compose(
     references: list[str] | None = None,
     automatic: bool,
     cc: list[str] | None = None,
+    bcc: list[str] | None = None,
     attached_email: bytes = b"",
+    files: list[AttachedFile] | None = None,
     message_id: str = "",
 ) -> ComposedEmail:
     """Build one email ready for SMTP. Refuses values that would inject headers.
-    `message_id`: the one given out when the email was queued; a new one when empty."""
-    check_headers(to=[*to, *(cc or [])], subject=subject, sender_name=integration.name)
+    `message_id`: the one given out when the email was queued; a new one when empty.
+    `bcc`: envelope recipients only; no header names them (each would see the others)."""
+    check_headers(
+        to=[*to, *(cc or []), *(bcc or [])], subject=subject, sender_name=integration.name
+    )
     message_id = message_id or new_message_id(integration)
     headers = [
         ("From", formataddr((integration.name, integration.email_address), charset="utf-8")),
@@ -219,10 +253,12 @@ def compose(
     message = _body(integration=integration, text=text, html=html)
     if attached_email:
         message = _with_attachment(message, attached_email)
+    if files:
+        message = _with_files(message, files)
     _set_headers(message, headers)
     return ComposedEmail(
         message_id=message_id,
         sender=integration.email_address,
-        recipients=[*to, *(cc or [])],
+        recipients=[*to, *(cc or []), *(bcc or [])],
         raw=message.as_bytes(policy=POLICY),
     )

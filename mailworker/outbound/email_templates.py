@@ -86,7 +86,12 @@ EMAIL_TEMPLATES: tuple[EmailTemplate, ...] = (
         + CHANGE_VARIABLES
         + (("actor", "who changed it (a username), or nothing"),),
     ),
-    EmailTemplate("record_escalated", "Due date passed (escalation)", "Admins", RECORD_VARIABLES),
+    EmailTemplate(
+        "record_escalated",
+        "Escalated (due date passed, or “Escalate now”)",
+        "Admins",
+        RECORD_VARIABLES + (("actor", "who pressed “Escalate now” (a name), or nothing"),),
+    ),
     EmailTemplate(
         "integration_failing",
         "An email integration keeps failing",

@@ -264,14 +264,23 @@ def queue_email(
     automatic: bool = True,
     attached_email: bytes = b"",
     thread: tuple[str, list[str]] | None = None,
+    cc: Sequence[str] = (),
+    bcc: Sequence[str] = (),
 ) -> Queued:
     """Compose and queue an email; sending starts once the caller's transaction commits.
     `thread`: the record's (In-Reply-To, References), when the caller already read them
-    with record_thread() for several emails about one event."""
+    with record_thread() for several emails about one event. `cc`, `bcc`: a person's email
+    only (an agent's reply); an address already among the earlier recipients is dropped."""
+    if automatic and (cc or bcc):
+        raise ValueError("Automatic emails go one recipient a row: no Cc or Bcc.")
     integration = integration or sending_integration(record=record)
     kept, removed = split_recipients(to)
-    result = Queued(removed=removed)
-    if not kept:
+    kept_cc, removed_cc = split_recipients([*kept, *cc])
+    kept_cc = kept_cc[len(kept) :]
+    kept_bcc, removed_bcc = split_recipients([*kept, *kept_cc, *bcc])
+    kept_bcc = kept_bcc[len(kept) + len(kept_cc) :]
+    result = Queued(removed=[*removed, *removed_cc, *removed_bcc])
+    if not (kept or kept_cc or kept_bcc):
         return result
     if thread is None:
         thread = record_thread(record) if record is not None else ("", [])
@@ -285,6 +294,8 @@ def queue_email(
             integration=integration,
             record=record,
             to_addresses=recipients,
+            cc_addresses=[] if automatic else kept_cc,
+            bcc_addresses=[] if automatic else kept_bcc,
             recipient=recipients[0].lower() if automatic else "",
             subject=subject[:998],
             text_body=text,
@@ -310,7 +321,7 @@ def queue_email(
             # Composing takes milliseconds (the stdlib's header folding): it waits for the
             # send, so that importing a busy mailbox is not paced by it. What compose()
             # would refuse is refused now, in the caller's transaction.
-            check_headers(to=recipients, subject=subject)
+            check_headers(to=[*recipients, *row.cc_addresses, *row.bcc_addresses], subject=subject)
             row.message_id = new_message_id(
                 integration, record_id=record.pk if record is not None else None
             )
@@ -330,6 +341,8 @@ def queue_email(
             references=" ".join(references),
             from_address=integration.email_address if integration else "",
             to_addresses=kept,
+            cc_addresses=kept_cc,
+            bcc_addresses=kept_bcc,
         )
     _request_sending_on_commit()
     return result

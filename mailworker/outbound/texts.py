@@ -27,6 +27,21 @@ EMAIL_TEMPLATE_DIR = Path(settings.BASE_DIR) / "templates" / "emails"
 EDITED_TEXTS = "edited email texts"
 
 
+# The desk's own texts that admins do not edit (invitations, password reset links: they
+# carry a link with a token), rendered from the template files by Django's usual rules.
+FILE_TEMPLATES = Engine(dirs=[settings.BASE_DIR / "templates"], autoescape=False)
+
+
+def render_text(name: str, context: dict) -> str:
+    """Template file `name` (under templates/) as plain text, for a text admins cannot edit."""
+    rendered = FILE_TEMPLATES.get_template(name).render(Context(context, autoescape=False))
+    return "".join([rendered])  # a plain str, not SafeString: the HTML part escapes it
+
+
+def render_subject(name: str, context: dict) -> str:
+    return one_line(render_text(name, context))
+
+
 class _EmailTextEngine(Engine):
     # Instead of Django's tags and filters (which include debug and the loader tags).
     default_builtins = ["mailworker.outbound.template_library"]

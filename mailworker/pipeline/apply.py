@@ -48,8 +48,9 @@ def evaluate_rules_for(
 ) -> RuleOutcome:
     """What the email rules decide for the record this email would open: evaluated before the
     write transaction (process.py), so a slow pattern never holds the database's lock. The
-    rules see the sender identity, the recipients (the receiving server's Delivered-To first,
-    see email_rules.MAX_VALUES_PER_FIELD), and the subject and body as the record keeps them."""
+    rules see the integration that read the email (a rule may apply to chosen ones only), the
+    sender identity, the recipients (the receiving server's Delivered-To first, see
+    email_rules.MAX_VALUES_PER_FIELD), and the subject and body as the record keeps them."""
     subject, body = subject_and_body_of(email, integration)
     return evaluate_email_rules(
         facts=RuleInput(
@@ -57,6 +58,7 @@ def evaluate_rules_for(
             recipients=list(dict.fromkeys([*email.delivered_to, *email.to, *email.cc])),
             subject=subject,
             body=body,
+            integration_id=integration.pk,
         ),
         rules=rules,
     )

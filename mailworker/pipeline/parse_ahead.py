@@ -32,7 +32,7 @@ from django.conf import settings
 
 from mailworker.inbound import InboundEmail
 from mailworker.parsing import parse_email
-from records.originals import StoredOriginal, store_bytes
+from records.originals import StoredOriginal, store_pack
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +50,12 @@ class Parsed:
     store_failure: str = ""
 
 
-def parse(raw: bytes, *, keep_original: bool = True) -> Parsed:
-    stored, store_failure = None, ""
-    if keep_original:
-        try:
-            stored = store_bytes(raw)
-        except Exception:  # storage full or unwritable: the email is not acked (process.py)
-            store_failure = traceback.format_exc(limit=8)
+def parse(raw: bytes, *, keep_original: bool = False) -> Parsed:
+    """One email parsed, and its original stored when `keep_original`."""
+    return parse_all([raw], [keep_original])[0]
+
+
+def _parsed(raw: bytes, stored: StoredOriginal | None, store_failure: str) -> Parsed:
     try:
         return Parsed(parse_email(raw), stored=stored, store_failure=store_failure)
     except Exception:  # the email is quarantined with this traceback, never dropped
@@ -66,11 +65,23 @@ def parse(raw: bytes, *, keep_original: bool = True) -> Parsed:
 
 
 def parse_all(raws: Sequence[bytes], keep: Sequence[bool] | None = None) -> list[Parsed]:
-    """`keep`: whether to store each email's original (not for the header block of an email
-    over the size limit: its whole original is streamed to storage by the pass)."""
-    if keep is None:
-        return [parse(raw) for raw in raws]
-    return [parse(raw, keep_original=each) for raw, each in zip(raws, keep, strict=True)]
+    """Parse a chunk and store the originals of those with `keep` (default: all) in one pack
+    (records/originals.py). `keep` is false for the header block of an email over the size
+    limit (its whole original is streamed to storage by the pass) and for an email whose
+    original is kept already."""
+    keep = [True] * len(raws) if keep is None else list(keep)
+    kept = [index for index, each in enumerate(keep) if each]
+    stored: dict[int, StoredOriginal] = {}
+    store_failure = ""
+    if kept:
+        try:
+            stored = dict(zip(kept, store_pack([raws[index] for index in kept]), strict=True))
+        except Exception:  # storage full or unwritable: the chunk is not acked (process.py)
+            store_failure = traceback.format_exc(limit=8)
+    return [
+        _parsed(raw, stored.get(index), store_failure if keep[index] else "")
+        for index, raw in enumerate(raws)
+    ]
 
 
 @dataclass(frozen=True)

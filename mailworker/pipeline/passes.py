@@ -34,6 +34,23 @@ from mailworker.status import note_failure, note_poll, note_success
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class PassBudget:
+    """How much one pass may take before it stops and lets other mailboxes' passes run
+    (its continuation is queued behind them): None, no limit (`manage.py fetchmail`)."""
+
+    max_emails: int | None = None
+    max_seconds: float | None = None
+
+    def spent(self, *, emails: int, started: float) -> bool:
+        if self.max_emails is not None and emails >= self.max_emails:
+            return True
+        return self.max_seconds is not None and time.monotonic() - started >= self.max_seconds
+
+
+UNBOUNDED = PassBudget()
+
+
 @dataclass
 class PassReport:
     integration: str
@@ -42,6 +59,8 @@ class PassReport:
     seconds: float = 0.0
     # Another pass over the same mailbox held the lock: this one did nothing.
     skipped: bool = False
+    # The pass stopped at its budget with emails left: a continuation is due at once.
+    more: bool = False
 
     @property
     def failed(self) -> bool:
@@ -93,7 +112,7 @@ def max_message_bytes() -> int:
 
 def record_poll(integration: EmailIntegration, report: PassReport) -> None:
     error = "; ".join(report.errors)[:10_000] if report.failed else None
-    note_poll(integration=integration, error=error)
+    note_poll(integration=integration, error=error, continues=report.more)
     try:
         if error is not None:
             note_failure(integration=integration, direction="fetch email", error=error)
@@ -109,8 +128,10 @@ def drain_mailbox(
     mailbox: Mailbox,
     report: PassReport,
     batch_size: int,
+    budget: PassBudget = UNBOUNDED,
 ) -> None:
-    """Fetch, process and ack until the mailbox is empty.
+    """Fetch, process and ack until the mailbox is empty, or the budget is spent (then
+    `report.more` is set).
 
     Messages are taken from the mailbox a chunk at a time (at most CHUNK_MAX_EMAILS, or
     CHUNK_MAX_BYTES of them), so memory does not grow with the batch size or the size of
@@ -119,11 +140,15 @@ def drain_mailbox(
     next one is fetched and parsed in a second process (parse_ahead.py): at most two
     chunks are held at once.
     """
-    lookups = load_pass_lookups(integration=integration)
     limit = max_message_bytes()
     seen: set[str] = set()
+    started = time.monotonic()
+    lookups = None  # read at the first email: a pass that finds nothing new costs no query
 
     def write(chunk: list[FetchedMessage], parsed: list[Parsed]) -> None:
+        nonlocal lookups
+        if lookups is None:
+            lookups = load_pass_lookups(integration=integration)
         emails = [
             RawEmail(
                 message.raw,
@@ -180,6 +205,9 @@ def drain_mailbox(
                 # Empty, or the server keeps returning what we acked (stop rather than spin),
                 # or the last batch was not full.
                 return
+            if budget.spent(emails=len(seen), started=started):
+                report.more = True
+                return
 
 
 CHUNK_MAX_BYTES = 16 * 1024 * 1024
@@ -216,6 +244,7 @@ def run_pass(
     integration: EmailIntegration,
     batch_size: int = DEFAULT_BATCH_SIZE,
     mailbox_factory: Callable[[EmailIntegration], Mailbox] = open_mailbox,
+    budget: PassBudget = UNBOUNDED,
 ) -> PassReport:
     """Import everything waiting in the integration's mailbox. Never raises for a mailbox
     or email problem: the report says what failed.
@@ -233,7 +262,11 @@ def run_pass(
         try:
             with mailbox_factory(integration) as mailbox:
                 drain_mailbox(
-                    integration=integration, mailbox=mailbox, report=report, batch_size=batch_size
+                    integration=integration,
+                    mailbox=mailbox,
+                    report=report,
+                    batch_size=min(batch_size, budget.max_emails or batch_size),
+                    budget=budget,
                 )
         except MailboxError as exc:
             report.errors.append(str(exc))

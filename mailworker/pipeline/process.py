@@ -50,7 +50,7 @@ from mailworker.pipeline.lookups import (
     load_chunk_lookups,
     load_pass_lookups,
 )
-from mailworker.pipeline.parse_ahead import Parsed, parse
+from mailworker.pipeline.parse_ahead import Parsed, parse, parse_all
 from records.email_rules import NO_RULES, RuleOutcome
 from records.models import Original, ProcessedEmail, Quarantine, ServiceRecord
 from records.originals import original_rows, store_file
@@ -367,7 +367,12 @@ def process_raw(
 
 
 def append_to_record(
-    *, integration: EmailIntegration, raw: bytes, record: ServiceRecord, lookups: PassLookups
+    *,
+    integration: EmailIntegration,
+    raw: bytes,
+    record: ServiceRecord,
+    lookups: PassLookups,
+    original_id: int | None = None,
 ) -> ProcessResult:
     """Add an email to the record an admin chose (quarantine's "add to #N"), past the filters:
     an incoming message of its log like any reply, and the email's row of the incoming log.
@@ -385,6 +390,8 @@ def append_to_record(
             lookups=lookups,
             record=record,
             matched_by="an admin",
+            # The original kept when the email arrived (the quarantine entry's).
+            original=Original.objects.filter(pk=original_id).first() if original_id else None,
         )
         outcome = apply_email(ctx)
         _mark(
@@ -431,7 +438,9 @@ def process_chunk(
     if parsed is None:
         # Parsed before any transaction opens: it needs no database, and the chunk's senders
         # and fingerprints are then looked up with one query each.
-        parsed = [parse(email.raw, keep_original=email.stores_original) for email in emails]
+        parsed = parse_all(
+            [email.raw for email in emails], [email.stores_original for email in emails]
+        )
     parsed = stored_originals(emails, parsed)
     outcomes = [
         None if keys[index] in done else rule_outcome_of(integration, item, lookups)

@@ -25,6 +25,9 @@ class Envelope:
     sender: str  # the envelope sender (SMTP's MAIL FROM)
     recipients: list[str]  # the envelope recipients (RCPT TO)
     message: bytes  # the whole RFC 5322 message, CRLF line endings
+    # The recipients no header names (an agent's Bcc): SMTP needs nothing more, a transport
+    # that reads recipients from the headers (Graph) must be told them.
+    bcc: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

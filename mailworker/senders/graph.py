@@ -3,7 +3,9 @@
 Graph sends the bytes the delivery layer stored (our signed Message-ID, threading headers,
 record number, charset and transfer encoding all hold) and saves a copy to the mailbox's
 Sent Items; 202 Accepted is its "queued". Graph takes the recipients from the MIME's To, Cc
-and Bcc headers, which the composer writes from the same list as the envelope's.
+and Bcc headers, which the composer writes from the same list as the envelope's; the one
+thing no header of the composed email carries, an agent's Bcc, is added as a Bcc header for
+Graph alone (Exchange takes it as the recipients and removes it from what they get).
 
 Throttling (429, 503 with Retry-After) is waited out within GRAPH_THROTTLE_MAX_WAIT_SECONDS
 per sender, i.e. per drain of the outbox; then that email and the rest are temporary
@@ -94,7 +96,7 @@ class GraphSender(Sender):
                 client.user_url("/sendMail"),
                 action=f"sending an email to {', '.join(envelope.recipients)}",
                 retried=SEND_RETRIED_STATUSES,
-                data=base64.b64encode(envelope.message),
+                data=base64.b64encode(with_bcc_header(envelope)),
                 headers={"Content-Type": "text/plain"},
             )
         except TransportError as error:
@@ -102,6 +104,15 @@ class GraphSender(Sender):
                 raise  # the whole batch would meet it: the session fails
             return Delivery.failed(error)
         return Delivery(accepted=True, response=ACCEPTED)
+
+
+def with_bcc_header(envelope: Envelope) -> bytes:
+    """The message with a Bcc header naming the envelope's hidden recipients, if any."""
+    if not envelope.bcc:
+        return envelope.message
+    return (
+        b"Bcc: " + ", ".join(envelope.bcc).encode("ascii", "replace") + b"\r\n" + envelope.message
+    )
 
 
 class GraphSendClient(GraphClient):

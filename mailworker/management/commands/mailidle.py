@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from mailworker.idle import IdleListener
+from mailworker.idle import IdleListener, idle_integrations, raise_open_file_limit
 
 
 class Command(BaseCommand):
@@ -34,6 +34,7 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        self.stdout.write(f"mailidle: {raise_open_file_limit(len(idle_integrations()))}")
         self.stdout.write("mailidle: listening for new mail (IMAP IDLE); Ctrl-C stops.")
         self.stdout.flush()
         listener.run()

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('mailworker', '0007_outbox_bounced'),
+        ('mailworker', '0010_outbox_cc_bcc'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('mailworker', '0008_notification_templates'),
+        ('mailworker', '0011_notification_templates'),
     ]
 
     operations = [
