@@ -190,22 +190,16 @@ def create_mailboxes(bench: Any, count: int, *, poll_interval: int) -> list[Any]
     fields = {
         f.attname: getattr(first, f.attname)
         for f in EmailIntegration._meta.concrete_fields
-        if not f.primary_key
+        if not f.primary_key and f.attname not in ("incoming_username", "is_default")
     }
     copies = [
-        EmailIntegration(
-            **fields | {
-                "name": f"{first.name} mailbox {number}",
-                "incoming_username": username,
-                "is_default": False,
-            }
-        )
-        for number, username in enumerate(usernames[1:], start=2)
+        EmailIntegration(**fields, incoming_username=username, is_default=False)
+        for username in usernames[1:]
     ]
+    for number, copy in enumerate(copies, start=2):
+        copy.name = f"{first.name} mailbox {number}"
     EmailIntegration.objects.bulk_create(copies, batch_size=500)
-    return list(
-        EmailIntegration.objects.filter(incoming_username__in=usernames).order_by("pk")
-    )
+    return list(EmailIntegration.objects.filter(incoming_username__in=usernames).order_by("pk"))
 
 
 def fill(bench: Any, integration: Any, emails: int, *, label: str) -> None:
@@ -277,7 +271,7 @@ def after_dispatch_latencies(
     timeout = float(os.environ.get("POLL_DISPATCH_SECONDS", "15")) * 3 + 10
     while len(latencies) < emails:
         _wait(
-            lambda: len(DISPATCH_SENT.findall(stack.log("beat"))) > seen,
+            lambda seen=seen: len(DISPATCH_SENT.findall(stack.log("beat"))) > seen,
             timeout=timeout,
             what="beat to dispatch the due polls",
             interval=0.02,
@@ -307,7 +301,8 @@ def _megabytes(value: int) -> str:
 def _dispatches(stack: Stack) -> list[tuple[float, int]]:
     """(seconds, passes queued) of each dispatch_due_polls the worker ran."""
     return [
-        (float(seconds), int(count)) for seconds, count in DISPATCH_DONE.findall(stack.log("worker"))
+        (float(seconds), int(count))
+        for seconds, count in DISPATCH_DONE.findall(stack.log("worker"))
     ]
 
 
