@@ -237,11 +237,9 @@ def listening(integration_ids: list[int]) -> int:
     ).count()
 
 
-def _wait_until(condition: Callable[[], bool], *, timeout: float, what: str) -> float:
-    """Seconds it took; polled every 0.25 s (the database serves the desk meanwhile)."""
-    started = time.monotonic()
+def _wait_until(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
+    """Polled every 0.25 s: the database serves the desk meanwhile."""
     _wait(condition, timeout=timeout, what=what, interval=0.25)
-    return time.monotonic() - started
 
 
 def new_mail_latency(bench: Any, integration: Any, subject: str) -> float:
@@ -319,7 +317,7 @@ def many_mailboxes(bench: Any) -> list[Row]:
     expected = count * per_mailbox
     try:
         with production_stack() as stack:
-            first_passes = _wait_until(
+            _wait_until(
                 lambda: imported(ids) >= expected,
                 timeout=max(300.0, count * 0.6),
                 what=f"{expected} emails of {count} mailboxes to become records",
@@ -421,7 +419,7 @@ def big_mailbox(bench: Any) -> list[Row]:
         fill(bench, integration, per_mailbox, label="Small")
     try:
         with production_stack() as stack:
-            small_first = _wait_until(
+            _wait_until(
                 lambda: imported(small_ids) >= small_count * per_mailbox,
                 timeout=max(300.0, small_count * 0.6),
                 what="the small mailboxes' first passes",
@@ -433,16 +431,13 @@ def big_mailbox(bench: Any) -> list[Row]:
                 what=f"mailidle to listen on {small_count} mailboxes",
             )
             draining_at_start = imported([big.pk])
+            # Emails one by one into random small mailboxes for as long as the big one drains.
             latencies: list[float] = []
-            while_draining = 0
-            for n in range(NEW_EMAILS):
-                draining = imported([big.pk]) < big_emails
-                latencies.append(
-                    new_mail_latency(bench, random.choice(small), f"Small new {n:02d}")
-                )
-                while_draining += draining
+            while len(latencies) < NEW_EMAILS and imported([big.pk]) < big_emails:
+                subject = f"Small new {len(latencies):02d}"
+                latencies.append(new_mail_latency(bench, random.choice(small), subject))
             drained_at_end = imported([big.pk])
-            drain = _wait_until(
+            _wait_until(
                 lambda: imported([big.pk]) >= big_emails,
                 timeout=max(600.0, big_emails * 0.1),
                 what=f"the big mailbox's {big_emails} emails to become records",
@@ -460,24 +455,26 @@ def big_mailbox(bench: Any) -> list[Row]:
         "big_records_when_measuring_started": draining_at_start,
         "big_records_when_measuring_ended": drained_at_end,
         "latencies": latencies,
-        "delivered_while_draining": while_draining,
         "drain_seconds": drain,
         "rss_bytes_at_end": rss,
         "peak_rss_bytes": stack.peak_rss,
         "logs": str(stack.logs),
     }
+    if latencies:
+        latency = f"{_latency_text(latencies)} ({len(latencies)} emails while it drained; "
+    else:
+        latency = "none measured: it drained before the small ones were all read ("
     return [
         Row(
             name=(
                 f"15. {big_emails} emails beside {small_count} small mailboxes: "
                 f"small ones' new mail, median / worst"
             ),
-            result=(
-                f"{_latency_text(latencies)} ({while_draining} of {NEW_EMAILS} delivered "
-                f"while it drained; small first passes {small_first:.0f} s)"
+            result=f"{latency}small ones' first passes {small_first:.0f} s)",
+            target=(
+                f"<= {MEDIAN_TARGET_SECONDS} / {WORST_TARGET_SECONDS:.0f} s, {NEW_EMAILS} emails"
             ),
-            target=f"<= {MEDIAN_TARGET_SECONDS} / {WORST_TARGET_SECONDS:.0f} s",
-            met=_latency_met(latencies) and while_draining == NEW_EMAILS,
+            met=len(latencies) == NEW_EMAILS and _latency_met(latencies),
             details=details,
         ),
         Row(
