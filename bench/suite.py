@@ -121,7 +121,13 @@ def _start_servers(bench: Bench) -> None:
     from tests.dovecot import start_dovecot
     from tests.smtpd import start_smtp_server
 
-    bench.dovecot = start_dovecot()
+    options = bench.options
+    connections = 0
+    if "many-mailboxes" in options.rows:
+        connections = options.mailboxes
+    if "big-mailbox" in options.rows:
+        connections = max(connections, options.small_mailboxes + 1)
+    bench.dovecot = start_dovecot(connections=connections)
     bench.smtp = start_smtp_server()
 
 
@@ -140,7 +146,7 @@ def run_suite(options: argparse.Namespace) -> list[dict[str, Any]]:
     django.setup()
     from django.core.management import call_command
 
-    from bench.rows import all_rows
+    from bench.rows import OPT_IN, all_rows
 
     call_command("migrate", verbosity=0, interactive=False)
     bench = Bench(backend=options.backend, primary=options.primary, options=options)
@@ -148,7 +154,7 @@ def run_suite(options: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         _start_servers(bench)
         for key, function in all_rows():
-            if options.rows and key not in options.rows:
+            if (options.rows or key in OPT_IN) and key not in options.rows:
                 continue
             print(f"[{bench.backend}] {key} ...", file=sys.stderr, flush=True)
             started = time.monotonic()
@@ -173,6 +179,12 @@ def main() -> None:
     parser.add_argument("--memory-mb", type=int, default=20)
     parser.add_argument("--notifications", type=int, default=1000)
     parser.add_argument("--profile", action="store_true", help="pyinstrument the fetchmail run")
+    # The many-mailboxes and big-mailbox rows (opt-in: name them in --rows).
+    parser.add_argument("--mailboxes", type=int, default=1000)
+    parser.add_argument("--mailbox-emails", type=int, default=5)
+    parser.add_argument("--poll-interval", type=int, default=60)
+    parser.add_argument("--big-emails", type=int, default=20_000)
+    parser.add_argument("--small-mailboxes", type=int, default=200)
     options = parser.parse_args()
     results = run_suite(options)
     Path(options.out).write_text(json.dumps(results, indent=2, default=str))

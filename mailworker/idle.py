@@ -139,9 +139,14 @@ def open_idle_connection(integration_id: int) -> ImapMailbox:
 
 
 def has_new_mail(responses: list[tuple]) -> bool:
+    """EXISTS is what a server sends when mail arrives (RFC 3501 7.3.1). RECENT is not a
+    sign of it: Dovecot sends "* n RECENT" after every EXPUNGE too, with the \\Recent
+    messages left, so a mailbox whose pass removes what it imported would ask for a pass
+    after each chunk, each finding the mailbox busy and retrying (issue 15's bench: a
+    draining mailbox of 2,000 emails flooded the push queue ahead of every other pass)."""
     return any(
         len(response) >= 2
-        and response[1] in (b"EXISTS", b"RECENT")
+        and response[1] == b"EXISTS"
         and isinstance(response[0], int)
         and response[0] > 0
         for response in responses

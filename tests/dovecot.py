@@ -60,6 +60,9 @@ class Dovecot:
     mail_gid: int
     # Where the oauth2 passdb checks XOAUTH2 tokens (the tests' OAuth server); "" for none.
     introspection_url: str = ""
+    # Sessions open at once that it must serve beyond Dovecot's defaults (0: the defaults,
+    # about a hundred TLS sessions); the bench's many-mailbox rows hold one per mailbox.
+    connections: int = 0
     _process: subprocess.Popen | None = field(default=None, repr=False)
     _sequence: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
@@ -392,6 +395,7 @@ mail_fsync = never
 protocol imap {{
   mail_max_userip_connections = 100
 }}
+{_many_connections(server)}
 protocol pop3 {{
   mail_max_userip_connections = 100
 }}
@@ -413,6 +417,49 @@ service pop3-login {{
     port = {server.pop3s_port}
     ssl = yes
   }}
+}}
+"""
+
+
+def inotify_instance_limit() -> int:
+    """fs.inotify.max_user_instances: raise it (as root: sysctl
+    fs.inotify.max_user_instances=4096) for IDLE sessions beyond about a hundred."""
+    try:
+        return int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _many_connections(server: Dovecot) -> str:
+    """Room for `server.connections` sessions at once. By default each TLS session keeps a
+    login process of its own as its TLS proxy, and Dovecot runs at most 100 of a kind; the
+    high-performance login mode (service_count = 0) serves many sessions per login process,
+    as large installations run it."""
+    if not server.connections:
+        return ""
+    processes = server.connections + 100
+    # Each IMAP session watches its mailbox with an inotify instance of the mail user; past
+    # fs.inotify.max_user_instances (128 by default) Dovecot warns and looks for new mail
+    # only every mailbox_idle_check_interval (30 s by default): IDLE then tells of new mail
+    # up to 30 s late, whatever the desk does. Then check every second instead.
+    idle_check = ""
+    if inotify_instance_limit() < server.connections + 20:  # + passes running meanwhile
+        idle_check = "mailbox_idle_check_interval = 1 secs\n"
+    return f"""{idle_check}default_process_limit = {processes}
+default_client_limit = {2 * processes}
+service imap {{
+  process_limit = {processes}
+}}
+service imap-login {{
+  service_count = 0
+  process_min_avail = 2
+  client_limit = {processes}
+}}
+service anvil {{
+  client_limit = {4 * processes}
+}}
+service auth {{
+  client_limit = {4 * processes}
 }}
 """
 
@@ -445,9 +492,10 @@ def _mail_account() -> tuple[int, int]:
     return os.getuid(), os.getgid()
 
 
-def start_dovecot(*, introspection_url: str = "") -> Dovecot:
+def start_dovecot(*, introspection_url: str = "", connections: int = 0) -> Dovecot:
     """Write a configuration on free ports and start Dovecot; retried on new ports when one
-    was taken between choosing it and binding it."""
+    was taken between choosing it and binding it. `connections`: sessions it must hold at
+    once beyond the default hundred or so (see Dovecot.connections)."""
     if not DOVECOT.exists():
         pytest.fail("dovecot is not installed: run make test, which installs it")
     # Not pytest's tmp_path: that sits below a 0700 directory the mail and dovenull users
@@ -475,6 +523,7 @@ def start_dovecot(*, introspection_url: str = "") -> Dovecot:
                 mail_uid=uid,
                 mail_gid=gid,
                 introspection_url=introspection_url,
+                connections=connections,
             )
             server.config_path.write_text(
                 _configuration(server, cert_path=cert_path, key_path=key_path)
@@ -511,6 +560,16 @@ def new_account(server: Dovecot) -> tuple[str, str]:
     password = secrets.token_urlsafe(12)
     server.add_user(username, password)
     return username, password
+
+
+def new_accounts(server: Dovecot, count: int) -> tuple[list[str], str]:
+    """`count` new accounts sharing one password, for benches of many mailboxes: one small
+    file each and no reload (Dovecot reads an account's passwd-file at its first login)."""
+    password = secrets.token_urlsafe(12)
+    usernames = [f"u{secrets.token_hex(6)}@desk.test" for _ in range(count)]
+    for username in usernames:
+        server.add_user(username, password)
+    return usernames, password
 
 
 @pytest.fixture

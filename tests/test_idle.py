@@ -3,15 +3,17 @@ behaviour, then `manage.py mailidle` with a Celery worker for the delivery-to-re
 
 from __future__ import annotations
 
+import ssl
 import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from imapclient import DELETED, IMAPClient
 
 from integrations.models import EmailIntegration
-from mailworker.idle import STATUS_LISTENING, IdleListener
+from mailworker.idle import STATUS_LISTENING, IdleListener, has_new_mail
 from mailworker.models import MailboxState
 from records.models import ServiceRecord
 from tests.dovecot import Dovecot
@@ -194,3 +196,38 @@ def test_mailidle_and_a_worker_turn_delivered_mail_into_records_within_seconds(
         f"\nIMAP IDLE delivery to record, 20 emails: median {statistics.median(latencies):.2f} s,"
         f" worst {max(latencies):.2f} s"
     )
+
+
+def test_mail_removed_by_a_pass_is_not_new_mail_but_a_delivery_is(
+    dovecot: Dovecot, mailbox_account: tuple[str, str]
+) -> None:
+    """Dovecot follows the EXPUNGE of another session (a pass removing what it imported)
+    with "* n RECENT": that must not ask for another pass, or a mailbox being drained asks
+    after every chunk and floods the push queue (found by the many-mailboxes bench)."""
+    username, password = mailbox_account
+    dovecot.deliver(username, [make_email(subject=f"Old {n}") for n in range(5)])
+    context = ssl.create_default_context(cadata=dovecot.ca_pem)
+    listening = IMAPClient(dovecot.host, port=dovecot.imaps_port, ssl_context=context)
+    listening.login(username, password)
+    listening.select_folder("INBOX")
+    listening.idle()
+    with IMAPClient(dovecot.host, port=dovecot.imaps_port, ssl_context=context) as passing:
+        passing.login(username, password)
+        passing.select_folder("INBOX")
+        uids = passing.search("ALL")[:3]
+        passing.add_flags(uids, [DELETED], silent=True)
+        passing.uid_expunge(uids)
+        passing.logout()
+
+    after_expunge: list[tuple] = []
+    while (2, b"RECENT") not in after_expunge:  # what Dovecot says after the EXPUNGEs
+        responses = listening.idle_check(timeout=10)
+        assert responses, f"nothing after the EXPUNGEs but {after_expunge}"
+        after_expunge += responses
+    assert not has_new_mail(after_expunge)
+
+    dovecot.deliver(username, make_email(subject="New"))
+    after_delivery = listening.idle_check(timeout=10)
+    assert has_new_mail(after_delivery)
+    listening.idle_done()
+    listening.logout()

@@ -28,7 +28,7 @@ RowFunction = Callable[["Bench"], list[Row]]
 
 def all_rows() -> list[tuple[str, RowFunction]]:
     """(key, function) in order; the key selects rows on the command line (--rows)."""
-    from bench.rows import graph, idle, incoming_log, ingest, memory, outbound, screens
+    from bench.rows import graph, idle, incoming_log, ingest, many, memory, outbound, screens
 
     return [
         ("ingest", ingest.ingest_and_limit),
@@ -38,4 +38,10 @@ def all_rows() -> list[tuple[str, RowFunction]]:
         ("idle", idle.idle_latency),
         ("screens", screens.screen_times),
         ("incoming-log", incoming_log.incoming_log_times),
+        ("many-mailboxes", many.many_mailboxes),
+        ("big-mailbox", many.big_mailbox),
     ]
+
+
+# Rows that take minutes at full scale: run only when named in --rows.
+OPT_IN = {"many-mailboxes", "big-mailbox"}
