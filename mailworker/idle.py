@@ -20,16 +20,18 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection
+from django.utils import timezone
 
 from integrations.models import EmailIntegration, MailboxAccess
 from mailworker.mailboxes.factory import open_mailbox
 from mailworker.mailboxes.imap import ImapMailbox
+from mailworker.models import MailboxState
 from mailworker.scheduling import PUSH_QUEUE
-from mailworker.status import note_idle_status
+from mailworker.status import note_idle_status, note_passes_queued
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,22 @@ def queue_pass(integration_id: int) -> None:
     poll_integration.apply_async(
         args=(integration_id,), kwargs={"retry_if_busy": True}, queue=PUSH_QUEUE
     )
+
+
+def queue_catch_up_pass(integration_id: int) -> None:
+    """Mail that arrived while nobody listened (found when the connection opens): a routine
+    pass on the default queue, unless one is queued already. Not on the new-mail queue: at
+    start-up a thousand mailboxes with mail waiting would queue a thousand passes there, which
+    workers take first, and heartbeats, the outbox and real new mail would wait behind them."""
+    from mailworker.tasks import poll_integration
+
+    state = MailboxState.objects.filter(integration_id=integration_id).first()
+    if state is not None and state.pass_queued_at is not None:
+        stale = timedelta(seconds=settings.POLL_QUEUED_STALE_SECONDS)
+        if timezone.now() - state.pass_queued_at < stale:
+            return
+    note_passes_queued([integration_id])
+    poll_integration.delay(integration_id)
 
 
 def idle_integrations() -> list[EmailIntegration]:
@@ -162,10 +180,12 @@ class IdleListener:
         self,
         *,
         on_new_mail: NewMailHandler = queue_pass,
+        on_catch_up: NewMailHandler = queue_catch_up_pass,
         connect_threads: int = 4,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.on_new_mail = on_new_mail
+        self.on_catch_up = on_catch_up
         self.clock = clock
         self.selector = selectors.DefaultSelector()
         self.watches: dict[int, Watch] = {}
@@ -258,7 +278,10 @@ class IdleListener:
             logger.info("IDLE %s: listening", watch.name)
             if mailbox.exists_on_select:
                 # Mail arrived while we were not listening: do not wait for the poll.
-                self.request_pass(watch, now)
+                try:
+                    self.on_catch_up(watch.integration_id)
+                except Exception:  # the broker is down: beat's poll reads it when it is back
+                    logger.exception("IDLE %s: could not queue a pass", watch.name)
 
     def renew_idles(self, now: float) -> None:
         """Re-issue IDLE before the server drops it (RFC 2177: servers may after 30 min)."""

@@ -13,8 +13,9 @@ import pytest
 from imapclient import DELETED, IMAPClient
 
 from integrations.models import EmailIntegration
-from mailworker.idle import STATUS_LISTENING, IdleListener, has_new_mail
+from mailworker.idle import STATUS_LISTENING, IdleListener, has_new_mail, queue_catch_up_pass
 from mailworker.models import MailboxState
+from mailworker.scheduling import due_integration_ids
 from records.models import ServiceRecord
 from tests.dovecot import Dovecot
 from tests.mail import make_email
@@ -28,7 +29,12 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.catch_ups: list[int] = []
         self.lock = threading.Lock()
+
+    def catch_up(self, integration_id: int) -> None:
+        with self.lock:
+            self.catch_ups.append(integration_id)
 
     def __call__(self, integration_id: int) -> None:
         with self.lock:
@@ -43,7 +49,7 @@ class Recorder:
 def listener(settings) -> Iterator[tuple[IdleListener, Recorder]]:
     settings.IDLE_RELOAD_SECONDS = 1
     recorder = Recorder()
-    idle = IdleListener(on_new_mail=recorder)
+    idle = IdleListener(on_new_mail=recorder, on_catch_up=recorder.catch_up)
     thread = threading.Thread(target=idle.run, name="idle-listener", daemon=True)
     thread.start()
     yield idle, recorder
@@ -93,7 +99,23 @@ def test_mail_waiting_when_the_listener_connects_asks_for_a_pass(
     EmailIntegration.objects.get(pk=integration.pk).save()
 
     wait_for_status(integration, STATUS_LISTENING)
-    wait_until(lambda: recorder.count(integration.pk) == 1, timeout=10)
+    # A routine pass (the default queue), not a new-mail one: at start-up a thousand
+    # mailboxes with mail waiting would fill the queue workers take first.
+    wait_until(lambda: recorder.catch_ups.count(integration.pk) == 1, timeout=10)
+    assert recorder.count(integration.pk) == 0
+
+
+def test_a_catch_up_pass_is_a_routine_pass_queued_once(
+    dovecot_integration: Callable[..., EmailIntegration],
+) -> None:
+    integration = dovecot_integration(use_idle=True)
+    queue_catch_up_pass(integration.pk)
+    state = MailboxState.objects.get(integration=integration)
+    assert state.pass_queued_at is not None
+    # Reconnecting again soon after: the queued pass will find the mail; no second one.
+    queue_catch_up_pass(integration.pk)
+    assert MailboxState.objects.get(integration=integration).pass_queued_at == state.pass_queued_at
+    assert integration.pk not in due_integration_ids()
 
 
 def test_the_listener_reconnects_after_the_server_restarts(
