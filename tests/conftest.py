@@ -155,6 +155,26 @@ def make_staff(django_user_model: Any) -> Callable[..., Any]:
 
 
 @pytest.fixture
+def make_agent(django_user_model: Any) -> Callable[..., Any]:
+    """A staff user holding exactly the named permissions of the records app."""
+
+    def make(username: str = "agent", *codenames: str, **fields: Any) -> Any:
+        user = django_user_model.objects.create_user(
+            username=username,
+            email=f"{username}@desk.test",
+            password=ADMIN_PASSWORD,
+            is_staff=True,
+            **fields,
+        )
+        user.user_permissions.set(
+            Permission.objects.filter(content_type__app_label="records", codename__in=codenames)
+        )
+        return user
+
+    return make
+
+
+@pytest.fixture
 def end_user(django_user_model: Any) -> Any:
     return django_user_model.objects.create_user(
         username="enduser", email="jane@customer.test", password=ADMIN_PASSWORD

@@ -7,13 +7,11 @@ with Cc, Bcc and attachments (received by the real aiosmtpd), internal notes, du
 from __future__ import annotations
 
 import email
-from collections.abc import Callable
 from datetime import timedelta
 from email.policy import default as default_policy
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.utils import timezone
@@ -30,33 +28,13 @@ from records.services import (
     get_or_create_end_user,
     merge_records,
 )
-from tests.conftest import ADMIN_PASSWORD, outgoing_smtp
+from tests.conftest import outgoing_smtp
 from tests.desk import Desk
 from tests.mail import make_email
 
 pytestmark = pytest.mark.django_db
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 8
-
-
-@pytest.fixture
-def make_agent(django_user_model: Any) -> Callable[..., Any]:
-    """A staff user holding exactly the named permissions of the records app."""
-
-    def make(username: str = "agent", *codenames: str, **fields: Any) -> Any:
-        user = django_user_model.objects.create_user(
-            username=username,
-            email=f"{username}@desk.test",
-            password=ADMIN_PASSWORD,
-            is_staff=True,
-            **fields,
-        )
-        user.user_permissions.set(
-            Permission.objects.filter(content_type__app_label="records", codename__in=codenames)
-        )
-        return user
-
-    return make
 
 
 @pytest.fixture

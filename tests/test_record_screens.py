@@ -3,11 +3,9 @@ message log, attachment downloads, replying by email and changing details."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
@@ -18,31 +16,11 @@ from records.services import (
     create_record,
     get_or_create_end_user,
 )
-from tests.conftest import ADMIN_PASSWORD, outgoing_smtp
+from tests.conftest import outgoing_smtp
 
 pytestmark = pytest.mark.django_db
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
-
-
-@pytest.fixture
-def make_agent(django_user_model: Any) -> Callable[..., Any]:
-    """A staff user holding exactly the named permissions of the records app."""
-
-    def make(username: str = "agent", *codenames: str, **fields: Any) -> Any:
-        user = django_user_model.objects.create_user(
-            username=username,
-            email=f"{username}@desk.test",
-            password=ADMIN_PASSWORD,
-            is_staff=True,
-            **fields,
-        )
-        user.user_permissions.set(
-            Permission.objects.filter(content_type__app_label="records", codename__in=codenames)
-        )
-        return user
-
-    return make
 
 
 @pytest.fixture
