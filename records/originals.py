@@ -232,18 +232,6 @@ def store_file(path: str, *, received_at: datetime | None = None) -> StoredOrigi
         return _store_stream(source, received_at or timezone.now())
 
 
-def original_row(stored: StoredOriginal, *, integration_id: int | None) -> Original:
-    return Original.objects.create(
-        integration_id=integration_id,
-        file=stored.name,
-        size=stored.size,
-        stored_size=stored.stored_size,
-        sha256=stored.sha256,
-        received_at=stored.received_at,
-        offset=stored.offset,
-    )
-
-
 def original_rows(
     stored: Sequence[StoredOriginal], *, integration_id: int | None
 ) -> list[Original]:
@@ -307,13 +295,6 @@ def original_response(original: Original, *, filename: str) -> StreamingHttpResp
     response["X-Content-Type-Options"] = "nosniff"
     response["Content-Security-Policy"] = "default-src 'none'; sandbox"
     return response
-
-
-def decompress(data: bytes) -> bytes:
-    """The first email of stored bytes (a pack's first frame, or a gzip file)."""
-    if data[:2] == GZIP_MAGIC:
-        return gzip.decompress(data)
-    return zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False).read()
 
 
 # Retention ---------------------------------------------------------------------------------

@@ -80,9 +80,8 @@ def test_each_mailbox_keeps_its_phase_one_interval_apart(make_integration) -> No
 
 @pytest.mark.django_db
 def test_a_queued_pass_is_not_queued_again_until_it_ends(
-    make_integration, settings, dovecot_integration: Callable[..., EmailIntegration]
+    dovecot_integration: Callable[..., EmailIntegration],
 ) -> None:
-    settings.CELERY_TASK_ALWAYS_EAGER = False
     integration = dovecot_integration()
     polled(integration, seconds_ago=3600)
 
