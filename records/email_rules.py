@@ -25,6 +25,7 @@ import regex
 from django.db.models import Prefetch
 
 from integrations.models import EmailIntegration
+from records import write_behind
 from records.models import Direction, EmailRule, EmailRuleCondition, Message, ServiceRecord
 
 logger = logging.getLogger(__name__)
@@ -248,7 +249,7 @@ def apply_rule_outcome(*, record: ServiceRecord, outcome: RuleOutcome) -> None:
         record.save(update_fields=[*outcome.changes, "updated_at"])
     if outcome.out_of_time:
         names = ", ".join(f"“{name}”" for name in outcome.out_of_time)
-        Message.objects.create(
+        note = Message(
             record=record,
             direction=Direction.INCOMING,
             is_internal=True,
@@ -259,6 +260,7 @@ def apply_rule_outcome(*, record: ServiceRecord, outcome: RuleOutcome) -> None:
                 "matched. Check their regular expressions, or route the record by hand."
             ),
         )
+        write_behind.save(note)  # before the email's own message, as it always was
 
 
 def rule_matches(rule: EmailRule, facts: RuleInput) -> bool:

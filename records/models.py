@@ -3,6 +3,8 @@ keeps about each email it has seen (the processed marker and the quarantine)."""
 
 from __future__ import annotations
 
+import secrets
+
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
@@ -239,7 +241,10 @@ class Message(models.Model):
 
 
 def attachment_path(instance: Attachment, filename: str) -> str:
-    return f"attachments/{instance.message.record_id}/{instance.message_id}/{filename}"
+    """A folder per message; a message written with its chunk's rows (records.write_behind)
+    has no key yet when its files are stored, so a random folder name stands for it."""
+    folder = instance.message_id or f"m{secrets.token_hex(8)}"
+    return f"attachments/{instance.message.record_id}/{folder}/{filename}"
 
 
 class Attachment(models.Model):

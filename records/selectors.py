@@ -10,6 +10,7 @@ from django.db.models import Count, Exists, F, Max, OuterRef, Q, QuerySet
 
 from integrations import selectors as integration_selectors
 from integrations.models import EmailIntegration
+from records import write_behind
 from records.models import Message, ServiceRecord, User
 
 
@@ -28,6 +29,7 @@ def is_on_record(*, record: ServiceRecord, address: str) -> bool:
     address = address.strip().lower()
     if not address:
         return False
+    write_behind.write_for_record(record.pk)  # its messages of this chunk count too
     mentioned = Q(from_address__iexact=address)
     # SQLite keeps JSON as json.dumps wrote it (non-ASCII escaped), PostgreSQL's jsonb
     # writes it back unescaped: look for both spellings.

@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from records import signals
+from records import signals, write_behind
 from records.models import (
     AdminGroup,
     Attachment,
@@ -52,9 +52,24 @@ def flag_email_bounced(*, email: str, reason: str, at: datetime) -> int:
     )
 
 
+def username_for(email: str) -> str:
+    """The username a new end user gets when it is free: the address (what they know)."""
+    return email.strip().lower()[:USERNAME_MAX_LENGTH]
+
+
+def taken_usernames(usernames: Iterable[str]) -> set[str]:
+    """Which of these usernames exist: one query for a chunk's new senders."""
+    wanted = set(usernames)
+    if not wanted:
+        return set()
+    return set(
+        get_user_model().objects.filter(username__in=wanted).values_list("username", flat=True)
+    )
+
+
 def _free_username(email: str) -> str:
     """The address itself when free (it is what end users know), else with a suffix."""
-    base = email.strip().lower()[:USERNAME_MAX_LENGTH]
+    base = username_for(email)
     user_model = get_user_model()
     if not user_model.objects.filter(username=base).exists():
         return base
@@ -89,21 +104,29 @@ def get_or_create_end_user(*, email: str, display_name: str = "") -> tuple[User,
     return create_end_user(email=email, display_name=display_name)
 
 
-def create_end_user(*, email: str, display_name: str = "") -> tuple[User, bool]:
+def create_end_user(
+    *, email: str, display_name: str = "", free_username: str | None = None
+) -> tuple[User, bool]:
     """A new end user for an address the caller found unregistered; the existing user when
-    another worker registered it meanwhile (then `created` is False).
+    another worker registered it meanwhile (then `created` is False). `free_username`: a
+    username the caller knows is free (a chunk looked its senders' up at once).
 
     The display name comes from an email, the sender's to choose: control characters are
     cleaned out, not refused (a person typing a name is refused instead, see User)."""
     first_name, _, last_name = without_control_characters(display_name).strip().partition(" ")
     user = get_user_model()(
-        username=_free_username(email),
+        username=free_username or _free_username(email),
         email=email.strip(),
         first_name=first_name[:150],
         last_name=last_name[:150],
         is_staff=False,
     )
     user.set_unusable_password()
+    if write_behind.together():
+        # No savepoint while a chunk is written together: a clash with another worker rolls
+        # the whole chunk back, and it is written again an email at a time (below).
+        user.save()
+        return user, True
     try:
         with transaction.atomic():
             user.save()
@@ -183,7 +206,7 @@ def add_message(
 ) -> Message:
     """An entry in the record's message log; touching the record moves it up the lists
     (`touch_record=False` for the first message of a record created just now)."""
-    message = Message.objects.create(
+    message = Message(
         record=record,
         direction=direction,
         from_address=from_address[:998],
@@ -205,8 +228,10 @@ def add_message(
         original=original,
         defects=defects or [],
     )
+    # With the chunk's other rows when the mail engine writes a chunk together.
+    write_behind.save(message)
     if touch_record:
-        ServiceRecord.objects.filter(pk=record.pk).update(updated_at=timezone.now())
+        write_behind.touch_record(record.pk)
     return message
 
 
@@ -311,7 +336,7 @@ def add_attachment(
         content_id=content_id[:255],
     )
     attachment.file.save(safe_storage_name(filename), ContentFile(content), save=False)
-    attachment.save()
+    write_behind.save(attachment)
     return attachment
 
 

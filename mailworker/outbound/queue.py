@@ -36,6 +36,7 @@ from integrations.models import EmailIntegration
 from integrations.services import addresses_read_by_incoming_integrations
 from mailworker.models import OutboxEmail
 from mailworker.outbound.compose import check_headers, new_message_id
+from records import write_behind
 from records.models import Direction, Message, ServiceRecord
 
 logger = logging.getLogger(__name__)
@@ -233,6 +234,7 @@ def record_thread(record: ServiceRecord) -> tuple[str, list[str]]:
     has seen (theirs, and ours to them), not our internal notifications to admins, and not
     internal notes (a non-participant's Message-ID is their words, never sent on)."""
     requester = (record.requester.email or "").lower()
+    write_behind.write_for_record(record.pk)  # the messages its chunk has not written yet
     ids = []
     for direction, message_id, to_addresses in (
         Message.objects.filter(record=record, is_internal=False)

@@ -136,7 +136,11 @@ def requester_of(ctx: EmailContext) -> User:
     if user is not None:
         return user
     if known:  # the chunk looked and found nobody: no need to look again
-        user, _created = create_end_user(email=email.from_address, display_name=email.from_name)
+        user, _created = create_end_user(
+            email=email.from_address,
+            display_name=email.from_name,
+            free_username=ctx.chunk.free_username(email.from_address) if ctx.chunk else None,
+        )
     else:
         user, _created = get_or_create_end_user(
             email=email.from_address, display_name=email.from_name

@@ -14,9 +14,15 @@ from django.db.models import Max
 from integrations.models import EmailIntegration
 from integrations.services import addresses_read_by_incoming_integrations
 from mailworker.pipeline.flood_counts import floods_held_in_window, new_records_in_window
+from records import write_behind
 from records.email_rules import active_email_rules
 from records.models import EmailRule, ProcessedEmail, Status, User
-from records.services import default_new_status, find_users_by_email
+from records.services import (
+    default_new_status,
+    find_users_by_email,
+    taken_usernames,
+    username_for,
+)
 
 
 @dataclass(frozen=True)
@@ -56,13 +62,18 @@ class ChunkLookups:
 
     users: dict[str, User] = field(default_factory=dict)  # lowercased address -> user
     addresses: frozenset[str] = frozenset()  # the addresses `users` answers for
-    newest_markers: dict[str, int] = field(default_factory=dict)  # fingerprint -> marker id
+    # fingerprint -> the newest marker's id, or the marker itself when the chunk added it
+    # (written with the chunk's rows, it may have no id yet: see newest_marker)
+    newest_markers: dict[str, int | ProcessedEmail] = field(default_factory=dict)
     fingerprints: frozenset[str] = frozenset()  # the fingerprints `newest_markers` answers for
     # Flood limit: records opened within the hour per flood key ("sender:…", "domain:…"),
     # kept up to date as the chunk opens records, and the keys with an email held already.
     new_records: dict[str, int] = field(default_factory=dict)
     floods_held: set[str] = field(default_factory=set)
     flood_keys: frozenset[str] = frozenset()  # the keys the two above answer for
+    # New end users' usernames (their addresses): which were looked up, which are taken.
+    usernames_checked: frozenset[str] = frozenset()
+    usernames_taken: set[str] = field(default_factory=set)
     valid: bool = True
 
     def user(self, address: str) -> tuple[bool, User | None]:
@@ -79,11 +90,25 @@ class ChunkLookups:
     def newest_marker(self, fingerprint: str) -> tuple[bool, int | None]:
         if not self.valid or fingerprint not in self.fingerprints:
             return False, None
-        return True, self.newest_markers.get(fingerprint)
+        newest = self.newest_markers.get(fingerprint)
+        if isinstance(newest, ProcessedEmail):
+            if newest.pk is None:  # still with the chunk's pending rows: its id is needed
+                write_behind.write_pending()
+            newest = newest.pk
+        return True, newest
 
-    def note_marker(self, fingerprint: str, marker_id: int) -> None:
+    def note_marker(self, fingerprint: str, marker: ProcessedEmail) -> None:
         if self.valid and fingerprint in self.fingerprints:
-            self.newest_markers[fingerprint] = marker_id
+            self.newest_markers[fingerprint] = marker
+
+    def free_username(self, address: str) -> str | None:
+        """The address as the username of a new end user when the chunk knows it is free
+        (then it is taken from now on); None when the chunk cannot tell."""
+        base = username_for(address)
+        if not self.valid or base not in self.usernames_checked or base in self.usernames_taken:
+            return None
+        self.usernames_taken.add(base)
+        return base
 
     def new_records_for(self, key: str) -> tuple[bool, int]:
         """(known, records opened within the hour) for a flood key."""
@@ -119,8 +144,15 @@ class ChunkLookups:
 def load_chunk_lookups(
     *, senders: list[str], fingerprints: list[str], flood_keys: frozenset[str] = frozenset()
 ) -> ChunkLookups:
-    """Four queries for a chunk's emails, instead of one or two an email each."""
+    """Five queries for a chunk's emails, instead of one or two an email each."""
     wanted = frozenset(fingerprint for fingerprint in fingerprints if fingerprint)
+    users = find_users_by_email(emails=senders)
+    # The usernames the new senders would get: new end users are named by their address.
+    new_usernames = frozenset(
+        username_for(sender)
+        for sender in senders
+        if sender.strip() and sender.strip().lower() not in users
+    )
     newest = (
         ProcessedEmail.objects.filter(fingerprint__in=wanted)
         .values("fingerprint")
@@ -128,11 +160,13 @@ def load_chunk_lookups(
         .values_list("fingerprint", "newest")
     )
     return ChunkLookups(
-        users=find_users_by_email(emails=senders),
+        users=users,
         addresses=frozenset(sender.strip().lower() for sender in senders if sender.strip()),
         newest_markers=dict(newest) if wanted else {},
         fingerprints=wanted,
         new_records=new_records_in_window(flood_keys),
         floods_held=floods_held_in_window(flood_keys),
         flood_keys=flood_keys,
+        usernames_checked=new_usernames,
+        usernames_taken=taken_usernames(new_usernames),
     )

@@ -51,6 +51,7 @@ from mailworker.pipeline.lookups import (
     load_pass_lookups,
 )
 from mailworker.pipeline.parse_ahead import Parsed, parse, parse_all
+from records import write_behind
 from records.email_rules import NO_RULES, RuleOutcome
 from records.models import Original, ProcessedEmail, Quarantine, ServiceRecord
 from records.originals import original_rows, store_file
@@ -118,7 +119,7 @@ def _mark(
     email = ctx_or_email.email if isinstance(ctx_or_email, EmailContext) else ctx_or_email
     if original is None and isinstance(ctx_or_email, EmailContext):
         original = ctx_or_email.original
-    return ProcessedEmail.objects.create(
+    marker = ProcessedEmail(
         integration=integration,
         key=key,
         message_id=(email.message_id if email else "")[:998],
@@ -133,6 +134,8 @@ def _mark(
         duplicate_of_id=duplicate_of_id,
         original=original,
     )
+    write_behind.save(marker)  # with the chunk's other rows when it writes them together
+    return marker
 
 
 def _duplicate_of(ctx: EmailContext) -> int | None:
@@ -205,7 +208,7 @@ def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str, size: int) 
             reason=_applied_reason(ctx, logged),
         )
         if ctx.chunk is not None and ctx.fingerprint:
-            ctx.chunk.note_marker(ctx.fingerprint, marker.pk)
+            ctx.chunk.note_marker(ctx.fingerprint, marker)
         if ctx.chunk is not None and outcome == Outcome.CREATED:
             ctx.chunk.note_new_record(keys_counting(ctx.email.from_address))
         return ProcessResult(outcome, record_id=ctx.record.pk, reason=ctx.matched_by)
@@ -449,49 +452,118 @@ def process_chunk(
     position = 0
     originals: dict[int, Original] = {}
     while position < len(emails):
+        transaction_emails = ChunkTransaction(
+            integration=integration,
+            emails=emails,
+            keys=keys,
+            parsed=parsed,
+            outcomes=outcomes,
+            lookups=lookups,
+            start=position,
+            max_emails=max_emails,
+            max_seconds=max_seconds,
+            flood_released=flood_released,
+            create_anyway=create_anyway,
+        )
+        try:
+            results, done, originals = transaction_emails.write(
+                done=done, originals=originals, together=True
+            )
+        except SYSTEM_ERRORS:
+            raise
+        except Exception as error:
+            # An email failed while the chunk was written together (no savepoints): all of
+            # it rolled back; written again an email at a time, each in its savepoint, so
+            # that the failing one is quarantined and the others commit.
+            logger.info(
+                "integration %s: a chunk written together failed (%s: %s); writing it again "
+                "an email at a time",
+                integration.name,
+                type(error).__name__,
+                str(error)[:200],
+            )
+            results, done, originals = transaction_emails.write(
+                done=done, originals=originals, together=False
+            )
+        position += len(results)
+        yield results
+
+
+@dataclass(frozen=True)
+class ChunkTransaction:
+    """The emails one transaction of process_chunk writes: from `start` on, at most
+    `max_emails` of them or as many as fit in `max_seconds`."""
+
+    integration: EmailIntegration
+    emails: Sequence[RawEmail]
+    keys: Sequence[str]
+    parsed: Sequence[Parsed]
+    outcomes: Sequence[RuleOutcome | None]
+    lookups: PassLookups
+    start: int
+    max_emails: int
+    max_seconds: float
+    flood_released: bool
+    create_anyway: bool
+
+    def write(
+        self, *, done: set[str], originals: dict[int, Original], together: bool
+    ) -> tuple[list[ProcessResult], set[str], dict[int, Original]]:
+        """Commit one transaction; returns its results and, as they stand after the commit,
+        the marker keys done and the originals' rows written. `together`: no savepoints,
+        the message log's and the incoming log's rows inserted with one statement per
+        table at the end (records.write_behind); an email that fails raises, and nothing of
+        the transaction is kept (the caller writes it again with together=False). Else a
+        savepoint per email, as the fallback."""
+        done, originals = set(done), dict(originals)
+        start, end = self.start, min(len(self.emails), self.start + self.max_emails)
         results: list[ProcessResult] = []
-        deadline = time.monotonic() + max_seconds
-        with transaction.atomic(), batched_outbox(desk_addresses=lookups.desk_addresses):
+        deadline = time.monotonic() + self.max_seconds
+        rows = write_behind.rows_written_together() if together else contextlib.nullcontext()
+        with (
+            transaction.atomic(),
+            batched_outbox(desk_addresses=self.lookups.desk_addresses),
+            rows,
+        ):
             chunk = chunk_lookups(
-                parsed[position : position + max_emails], desk_addresses=lookups.desk_addresses
+                list(self.parsed[start:end]), desk_addresses=self.lookups.desk_addresses
             )
             # The rows of the originals this transaction may reach, in one INSERT; rows of
             # emails it does not reach (its time ran out) commit with it and serve the next.
             todo = [
                 index
-                for index in range(position, min(len(emails), position + max_emails))
+                for index in range(start, end)
                 if index not in originals
-                and keys[index] not in done
-                and parsed[index].stored is not None
+                and self.keys[index] not in done
+                and self.parsed[index].stored is not None
             ]
-            rows = original_rows(
-                [parsed[index].stored for index in todo], integration_id=integration.pk
-            )
-            originals.update(zip(todo, rows, strict=True))
-            for index in range(position, len(emails)):
-                key = keys[index]
+            stored = [self.parsed[index].stored for index in todo]
+            rows_of = original_rows(stored, integration_id=self.integration.pk)
+            originals.update(zip(todo, rows_of, strict=True))
+            for index in range(start, len(self.emails)):
+                key = self.keys[index]
                 if key in done:
                     results.append(ProcessResult(ALREADY_PROCESSED))
                 else:
                     results.append(
                         _process_one(
-                            integration,
-                            emails[index],
+                            self.integration,
+                            self.emails[index],
                             key,
-                            lookups,
-                            parsed[index],
+                            self.lookups,
+                            self.parsed[index],
                             chunk,
-                            rule_outcome=outcomes[index],
-                            flood_released=flood_released,
-                            create_anyway=create_anyway,
+                            rule_outcome=self.outcomes[index],
+                            flood_released=self.flood_released,
+                            create_anyway=self.create_anyway,
                             original=originals.get(index),
+                            savepoint=not together,
                         )
                     )
                     done.add(key)  # the same bytes twice in one chunk: the second is done
-                if len(results) >= max_emails or time.monotonic() > deadline:
+                if len(results) >= self.max_emails or time.monotonic() > deadline:
                     break
-        position += len(results)
-        yield results
+        return results, done, originals
 
 
 def stored_originals(emails: Sequence[RawEmail], parsed: Sequence[Parsed]) -> list[Parsed]:
@@ -572,10 +644,12 @@ def _process_one(
     flood_released: bool = False,
     create_anyway: bool = False,
     original: Original | None = None,
+    savepoint: bool = True,
 ) -> ProcessResult:
     """One email in its own savepoint of the caller's transaction. `original`: the row of its
     original, written in the caller's transaction before the savepoint (an email that fails
-    is quarantined with it)."""
+    is quarantined with it). `savepoint=False` (a chunk written together): no savepoint, and
+    what the email makes fail is raised to the caller, whose transaction then rolls back."""
     raw, oversized_limit, size = item.raw, item.oversized_limit, item.fetched_size
     email = parsed.email
     if original is None and item.original_id is not None:
@@ -586,7 +660,7 @@ def _process_one(
         )
     outbox_mark = batch_mark()
     try:
-        with transaction.atomic():
+        with transaction.atomic() if savepoint else contextlib.nullcontext():
             if oversized_limit is not None:
                 queue_size_notice(integration=integration, email=email, limit=oversized_limit)
                 kept = (
@@ -618,6 +692,8 @@ def _process_one(
             )
             return _decide(ctx, run_filters(ctx), key=key, size=size)
     except IntegrityError:
+        if not savepoint:
+            raise
         forget_rolled_back(chunk, outbox_mark)
         # Another worker committed the same email first (the marker is unique): it is done.
         if already_processed(integration=integration, key=key):
@@ -626,6 +702,8 @@ def _process_one(
     except SYSTEM_ERRORS:
         raise
     except Exception:  # the email made something fail: keep it whole and go on
+        if not savepoint:
+            raise
         forget_rolled_back(chunk, outbox_mark)
         return _quarantine_after_error(integration, raw, email, key, size=size, original=original)
 

@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 
 from mailworker.pipeline.context import CONTINUE, EmailContext, Verdict, duplicate
 from mailworker.pipeline.lookups import ChunkLookups
+from records import write_behind
 from records.models import ProcessedEmail
 
 WINDOW = 1000
@@ -57,6 +58,7 @@ def seen_recently(fingerprint_value: str, chunk: ChunkLookups | None = None) -> 
         )
     if newest_match is None:
         return False
+    write_behind.write_pending()  # the chunk's markers count among the newest
     newer_or_same = ProcessedEmail.objects.filter(id__gte=newest_match).order_by("id")
     return not newer_or_same[WINDOW : WINDOW + 1].exists()
 
