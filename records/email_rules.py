@@ -246,7 +246,8 @@ def apply_rule_outcome(*, record: ServiceRecord, outcome: RuleOutcome) -> None:
     if outcome.changes:
         for record_field, value in outcome.changes.items():
             setattr(record, record_field, value)
-        record.save(update_fields=[*outcome.changes, "updated_at"])
+        if record.pk is not None:  # else it is inserted with its chunk, these values with it
+            record.save(update_fields=[*outcome.changes, "updated_at"])
     if outcome.out_of_time:
         names = ", ".join(f"“{name}”" for name in outcome.out_of_time)
         note = Message(

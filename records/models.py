@@ -3,8 +3,6 @@ keeps about each email it has seen (the processed marker and the quarantine)."""
 
 from __future__ import annotations
 
-import secrets
-
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
@@ -241,10 +239,7 @@ class Message(models.Model):
 
 
 def attachment_path(instance: Attachment, filename: str) -> str:
-    """A folder per message; a message written with its chunk's rows (records.write_behind)
-    has no key yet when its files are stored, so a random folder name stands for it."""
-    folder = instance.message_id or f"m{secrets.token_hex(8)}"
-    return f"attachments/{instance.message.record_id}/{folder}/{filename}"
+    return f"attachments/{instance.message.record_id}/{instance.message_id}/{filename}"
 
 
 class Attachment(models.Model):

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -123,9 +122,9 @@ def create_end_user(
     )
     user.set_unusable_password()
     if write_behind.together():
-        # No savepoint while a chunk is written together: a clash with another worker rolls
-        # the whole chunk back, and it is written again an email at a time (below).
-        user.save()
+        # Inserted with the chunk's rows, and no savepoint: a clash with another worker
+        # rolls the whole chunk back, and it is written again an email at a time (below).
+        write_behind.save(user)
         return user, True
     try:
         with transaction.atomic():
@@ -171,13 +170,17 @@ def create_record(
     """A new service record in the status New (or `status`: the caller looked New up once
     for many records)."""
     title = " ".join(title.split())[:500] or "(no subject)"
-    return ServiceRecord.objects.create(
+    record = ServiceRecord(
         title=title,
         description=description,
         requester=requester,
         status=status or default_new_status(),
         source_integration=source_integration,
     )
+    # With the chunk's other rows when the mail engine writes a chunk together: then it has
+    # no number until the chunk ends.
+    write_behind.save(record)
+    return record
 
 
 def add_message(
@@ -312,8 +315,10 @@ def record_email_received(
             content=part.content,
             content_id=part.content_id,
         )
+    # Once the rows are written, when the mail engine writes a chunk together.
     if new_record:
-        signals.record_created.send(
+        write_behind.send(
+            signals.record_created,
             sender=Message,
             record=record,
             message=message,
@@ -321,7 +326,9 @@ def record_email_received(
             acknowledge=acknowledge,
         )
     elif author is None and not internal:
-        signals.message_added.send(sender=Message, message=message, automatic=automatic)
+        write_behind.send(
+            signals.message_added, sender=Message, message=message, automatic=automatic
+        )
     return message
 
 
@@ -335,8 +342,7 @@ def add_attachment(
         size=len(content),
         content_id=content_id[:255],
     )
-    attachment.file.save(safe_storage_name(filename), ContentFile(content), save=False)
-    write_behind.save(attachment)
+    write_behind.save_attachment(attachment, name=safe_storage_name(filename), content=content)
     return attachment
 
 

@@ -1,16 +1,18 @@
-"""Rows written a chunk at a time: the message log's messages and attachments and the
-incoming email log's rows of a chunk of incoming emails, inserted with one multi-row
-statement per table when the chunk ends (RETURNING their keys, on PostgreSQL and SQLite
-alike), instead of one INSERT an email each.
+"""Rows written a chunk at a time: the end users, records, messages, attachments and
+incoming-log rows of a chunk of incoming emails, inserted with one multi-row statement per
+table when the chunk ends (RETURNING their keys, on PostgreSQL and SQLite alike), instead of
+one INSERT an email each; then the events of the records it opened.
 
 Only the mail engine's chunk writer turns it on (`rows_written_together`), inside its
 transaction and without savepoints: an email that fails there makes the whole chunk roll
 back and be written again one email at a time (mailworker.pipeline.process), where every
 row is saved at once as everywhere else.
 
-A reader that needs a pending row in the database asks for it first: the readers of a
-record's message log (who is on the record, the thread of a notification) call
-`write_for_record`, and a key that is still None is filled by `write_pending`.
+A row pending here has no key yet. Nothing the chunk's emails look up can be pending: a new
+record's number is known to nobody before its acknowledgement is sent. A reader that may
+meet pending rows asks for them to be written first: the readers of a record's message log
+(who is on the record, the thread of an email) call `write_for_record`, and whoever needs a
+key calls `write_pending`.
 """
 
 from __future__ import annotations
@@ -19,25 +21,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
+from django.core.files.base import ContentFile
 from django.db import models
+from django.dispatch import Signal
 from django.utils import timezone
 
-from records.models import Attachment, Message, ProcessedEmail, ServiceRecord
+from records.models import Attachment, Message, ProcessedEmail, ServiceRecord, User
 
 
 @dataclass
 class PendingRows:
+    users: list[User] = field(default_factory=list)
+    records: list[ServiceRecord] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
-    attachments: list[Attachment] = field(default_factory=list)
+    # Attachments with the name and content of their file: the file is stored once its
+    # message has a key (the storage path holds the record's and the message's).
+    attachments: list[tuple[Attachment, str, bytes]] = field(default_factory=list)
     markers: list[ProcessedEmail] = field(default_factory=list)
     # Records a reply moved up the lists: one UPDATE for all of them.
     touched: set[int] = field(default_factory=set)
-    # Records with messages among `messages`, for write_for_record.
-    records: set[int] = field(default_factory=set)
-    # Every attachment saved through the block, inserted meanwhile or not: on an error the
-    # transaction rolls all of them back, and their files are removed.
-    all_attachments: list[Attachment] = field(default_factory=list)
+    # Existing records with messages among `messages`, for write_for_record.
+    logs: set[int] = field(default_factory=set)
+    # Events of rows still pending (a record opened), sent once the rows are written.
+    events: list[tuple[Signal, dict[str, Any]]] = field(default_factory=list)
+    # The files stored through the block: on an error its transaction rolls their rows
+    # back, and the files are removed.
+    files: list[Attachment] = field(default_factory=list)
 
 
 _pending: ContextVar[PendingRows | None] = ContextVar("pending_rows", default=None)
@@ -46,16 +57,16 @@ _pending: ContextVar[PendingRows | None] = ContextVar("pending_rows", default=No
 @contextmanager
 def rows_written_together() -> Iterator[PendingRows]:
     """Inside the caller's transaction: the rows saved through `save` meanwhile are
-    inserted when the block ends without an error. On an error nothing is inserted (the
-    caller's transaction rolls back anyway) and the attachments' files already written to
-    storage are removed."""
+    inserted when the block ends without an error, then the events sent. On an error
+    nothing more is inserted (the caller's transaction rolls back anyway) and the files
+    stored for attachments are removed."""
     rows = PendingRows()
     token = _pending.set(rows)
     try:
         yield rows
         _insert(rows)
     except BaseException:
-        _remove_files(rows.all_attachments)
+        _remove_files(rows.files)
         raise
     finally:
         _pending.reset(token)
@@ -67,21 +78,42 @@ def together() -> bool:
 
 
 def save(row: models.Model) -> None:
-    """Save a new Message, Attachment or ProcessedEmail: with the chunk's rows when a chunk
-    writes together, else at once."""
+    """Save a new end user, record, message or incoming-log row: with the chunk's rows when
+    a chunk is written together, else at once."""
     rows = _pending.get()
     if rows is None:
         row.save()
     elif isinstance(row, Message):
         rows.messages.append(row)
-        rows.records.add(row.record_id)
-    elif isinstance(row, Attachment):
-        rows.attachments.append(row)
-        rows.all_attachments.append(row)
+        if row.record_id is not None:
+            rows.logs.add(row.record_id)
     elif isinstance(row, ProcessedEmail):
         rows.markers.append(row)
+    elif isinstance(row, ServiceRecord):
+        rows.records.append(row)
+    elif isinstance(row, User):
+        rows.users.append(row)
     else:
         raise TypeError(f"{type(row).__name__} rows are not written together")
+
+
+def save_attachment(attachment: Attachment, *, name: str, content: bytes) -> None:
+    """Store the attachment's file and save its row, at once or with the chunk's rows."""
+    rows = _pending.get()
+    if rows is None:
+        attachment.file.save(name, ContentFile(content), save=False)
+        attachment.save()
+    else:
+        rows.attachments.append((attachment, name, content))
+
+
+def send(signal: Signal, **kwargs: Any) -> None:
+    """Send a domain event about rows saved through `save`: once they are written."""
+    rows = _pending.get()
+    if rows is None:
+        signal.send(**kwargs)
+    else:
+        rows.events.append((signal, kwargs))
 
 
 def touch_record(record_id: int) -> None:
@@ -93,11 +125,11 @@ def touch_record(record_id: int) -> None:
         rows.touched.add(record_id)
 
 
-def write_for_record(record_id: int) -> None:
-    """Before the record's message log is read: its pending messages are written (with
+def write_for_record(record_id: int | None) -> None:
+    """Before a record's message log is read: its pending messages are written (with
     everything pending, so that keys stay in the order of arrival)."""
     rows = _pending.get()
-    if rows is not None and record_id in rows.records:
+    if rows is not None and (record_id is None or record_id in rows.logs):
         _insert(rows)
 
 
@@ -109,24 +141,40 @@ def write_pending() -> None:
 
 
 def _insert(rows: PendingRows) -> None:
-    # Messages first: their attachments point at them, and bulk_create fills the keys in.
+    """In the order the rows point at each other; bulk_create fills the keys in, and each
+    row's foreign keys are read from the objects it points at when it is inserted."""
+    if rows.users:
+        User.objects.bulk_create(_taken(rows.users))
+    if rows.records:
+        ServiceRecord.objects.bulk_create(_taken(rows.records))
     if rows.messages:
-        Message.objects.bulk_create(rows.messages)
-        rows.messages.clear()
-        rows.records.clear()
+        Message.objects.bulk_create(_taken(rows.messages))
+        rows.logs.clear()
     if rows.attachments:
-        Attachment.objects.bulk_create(rows.attachments)
-        rows.attachments.clear()
+        attachments = _taken(rows.attachments)
+        for attachment, name, content in attachments:
+            attachment.file.save(name, ContentFile(content), save=False)
+            rows.files.append(attachment)
+        Attachment.objects.bulk_create([attachment for attachment, _name, _data in attachments])
     if rows.markers:
-        ProcessedEmail.objects.bulk_create(rows.markers)
-        rows.markers.clear()
+        ProcessedEmail.objects.bulk_create(_taken(rows.markers))
     if rows.touched:
         ServiceRecord.objects.filter(pk__in=rows.touched).update(updated_at=timezone.now())
         rows.touched.clear()
+    # Last, and taken first: a receiver may queue rows or ask for pending ones again.
+    for signal, kwargs in _taken(rows.events):
+        signal.send(**kwargs)
+
+
+def _taken(pending: list) -> list:
+    """The pending items, the list left empty."""
+    taken = list(pending)
+    pending.clear()
+    return taken
 
 
 def _remove_files(attachments: list[Attachment]) -> None:
-    """The files of attachments whose rows were never inserted: nothing points at them."""
+    """Files whose rows the failed transaction rolls back: nothing points at them."""
     for attachment in attachments:
         if attachment.file.name:
             with suppress(OSError):

@@ -275,6 +275,10 @@ def queue_email(
     only (an agent's reply); an address already among the earlier recipients is dropped."""
     if automatic and (cc or bcc):
         raise ValueError("Automatic emails go one recipient a row: no Cc or Bcc.")
+    if record is not None and record.pk is None:
+        # Opened in a chunk written together (records.write_behind): the email names its
+        # number, so it is written now.
+        write_behind.write_pending()
     integration = integration or sending_integration(record=record)
     kept, removed = split_recipients(to)
     kept_cc, removed_cc = split_recipients([*kept, *cc])

@@ -17,7 +17,7 @@ import os
 import time
 import traceback
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, transaction
 
@@ -80,6 +80,14 @@ class ProcessResult:
     outcome: str  # an Outcome value, or ALREADY_PROCESSED
     record_id: int | None = None
     reason: str = ""
+    # The record when it had no number yet (opened in a chunk written together): the
+    # number is read from it once the chunk has committed (see with_record_number).
+    record: ServiceRecord | None = field(default=None, compare=False, repr=False)
+
+    def with_record_number(self) -> ProcessResult:
+        if self.record_id is None and self.record is not None and self.record.pk is not None:
+            return replace(self, record_id=self.record.pk, record=None)
+        return self
 
 
 def marker_key(raw: bytes, *, identity: str = "") -> str:
@@ -107,7 +115,7 @@ def _mark(
     key: str,
     outcome: str,
     size: int,
-    record_id: int | None = None,
+    record: ServiceRecord | None = None,
     fingerprint: str = "",
     reason: str = "",
     quarantine: Quarantine | None = None,
@@ -125,7 +133,7 @@ def _mark(
         message_id=(email.message_id if email else "")[:998],
         fingerprint=fingerprint,
         outcome=outcome,
-        record_id=record_id,
+        record=record,
         from_address=(email.from_address if email else "")[:998],
         subject=(email.subject if email else "")[:998],
         size=size,
@@ -203,7 +211,7 @@ def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str, size: int) 
             key=key,
             outcome=logged,
             size=size,
-            record_id=ctx.record.pk,
+            record=ctx.record,
             fingerprint=ctx.fingerprint,
             reason=_applied_reason(ctx, logged),
         )
@@ -211,7 +219,9 @@ def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str, size: int) 
             ctx.chunk.note_marker(ctx.fingerprint, marker)
         if ctx.chunk is not None and outcome == Outcome.CREATED:
             ctx.chunk.note_new_record(keys_counting(ctx.email.from_address))
-        return ProcessResult(outcome, record_id=ctx.record.pk, reason=ctx.matched_by)
+        return ProcessResult(
+            outcome, record_id=ctx.record.pk, reason=ctx.matched_by, record=ctx.record
+        )
     if verdict.action == "quarantine" and ctx.flood_key:
         return _hold_flood(ctx, reason=verdict.reason, key=key, size=size)
     if verdict.action == "quarantine":
@@ -228,20 +238,20 @@ def _decide(ctx: EmailContext, verdict: Verdict | None, *, key: str, size: int) 
     if outcome in FORWARDED_OUTCOMES:
         queue_forward_of_ignored(ctx, reason=verdict.reason)
     # A bounce links to the record of the email that bounced.
-    record_id = ctx.record.pk if outcome == Outcome.BOUNCE and ctx.record is not None else None
+    record = ctx.record if outcome == Outcome.BOUNCE else None
     _mark(
         ctx,
         integration=integration,
         key=key,
         outcome=outcome,
-        record_id=record_id,
+        record=record,
         size=size,
         reason=verdict.reason,
         duplicate_of_id=_duplicate_of(ctx) if outcome == Outcome.DUPLICATE else None,
     )
     # A pass counts the loop guard's drops as ignored, as it always has.
     counted = Outcome.IGNORED if outcome == Outcome.LOOP else outcome
-    return ProcessResult(counted, record_id=record_id, reason=verdict.reason)
+    return ProcessResult(counted, record_id=record.pk if record else None, reason=verdict.reason)
 
 
 def _applied_reason(ctx: EmailContext, outcome: str) -> str:
@@ -403,7 +413,7 @@ def append_to_record(
             key=key,
             outcome=outcome,
             size=len(raw),
-            record_id=record.pk,
+            record=record,
             reason=f"added to #{record.pk} by an admin",
         )
     return ProcessResult(outcome, record_id=record.pk)
@@ -563,7 +573,7 @@ class ChunkTransaction:
                     done.add(key)  # the same bytes twice in one chunk: the second is done
                 if len(results) >= self.max_emails or time.monotonic() > deadline:
                     break
-        return results, done, originals
+        return [result.with_record_number() for result in results], done, originals
 
 
 def stored_originals(emails: Sequence[RawEmail], parsed: Sequence[Parsed]) -> list[Parsed]:
