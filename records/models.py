@@ -239,7 +239,10 @@ class Message(models.Model):
 
 
 def attachment_path(instance: Attachment, filename: str) -> str:
-    return f"attachments/{instance.message.record_id}/{instance.message_id}/{filename}"
+    # From the message itself: one written with its chunk's rows (records.write_behind) got
+    # its key after the attachment was made.
+    message = instance.message
+    return f"attachments/{message.record_id}/{message.pk}/{filename}"
 
 
 class Attachment(models.Model):

@@ -102,9 +102,30 @@ def save_attachment(attachment: Attachment, *, name: str, content: bytes) -> Non
     rows = _pending.get()
     if rows is None:
         attachment.file.save(name, ContentFile(content), save=False)
+        stored = _stored_files.get()
+        if stored is not None:
+            stored.append(attachment)
         attachment.save()
     else:
         rows.attachments.append((attachment, name, content))
+
+
+_stored_files: ContextVar[list[Attachment] | None] = ContextVar("stored_files", default=None)
+
+
+@contextmanager
+def files_removed_on_error() -> Iterator[None]:
+    """For a block whose rows a savepoint rolls back on an error (an email written on its
+    own): the files its attachments stored are removed with them."""
+    stored: list[Attachment] = []
+    token = _stored_files.set(stored)
+    try:
+        yield
+    except BaseException:
+        _remove_files(stored)
+        raise
+    finally:
+        _stored_files.reset(token)
 
 
 def send(signal: Signal, **kwargs: Any) -> None:

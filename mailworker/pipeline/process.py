@@ -670,7 +670,10 @@ def _process_one(
         )
     outbox_mark = batch_mark()
     try:
-        with transaction.atomic() if savepoint else contextlib.nullcontext():
+        with (
+            transaction.atomic() if savepoint else contextlib.nullcontext(),
+            write_behind.files_removed_on_error(),
+        ):
             if oversized_limit is not None:
                 queue_size_notice(integration=integration, email=email, limit=oversized_limit)
                 kept = (
