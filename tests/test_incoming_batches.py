@@ -1,5 +1,6 @@
-"""A pass commits its emails a chunk at a time (one transaction, a savepoint per email) and
-acks each chunk only after its commit, shown on a real Dovecot."""
+"""A pass commits its emails a chunk at a time (one transaction, written together; a
+savepoint per email only when one fails) and acks each chunk only after its commit, shown on
+a real Dovecot."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from bench.corpus import mixed_mailbox
 from bench.rows import Row
 
 INGEST_TARGET = 300.0  # emails/s on this machine (2 cores), SQLite and PostgreSQL
-RATIO_TARGET = 1 / 3
+RATIO_TARGET = 3 / 4  # issue 15: the import keeps up with the wire, on both databases
 BARE_CHUNK = 100  # messages a FETCH, as the IMAP adapter does
 
 
@@ -34,6 +34,33 @@ def bare_read(*, host: str, port: int, username: str, password: str, ca_pem: str
                     if not part.is_multipart():
                         part.get_content()
         return len(uids)
+
+
+def _database_counters() -> dict[str, int] | None:
+    """PostgreSQL's WAL position and the database's inserted rows and commits (None on
+    SQLite)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        # The statistics are flushed by each backend at most once a second.
+        time.sleep(1.2)
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, tup_inserted, "
+            "xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
+        wal, inserted, commits = cursor.fetchone()
+    return {"wal_bytes": int(wal), "rows_inserted": int(inserted), "commits": int(commits)}
+
+
+def _database_work(
+    before: dict[str, int] | None, after: dict[str, int] | None
+) -> dict[str, int] | None:
+    if before is None or after is None:
+        return None
+    return {key: after[key] - before[key] for key in before}
 
 
 def _staff_who_hears_of_new_records() -> None:
@@ -71,7 +98,9 @@ def ingest_and_limit(bench) -> list[Row]:
         bare_seconds = min(bare_seconds, time.monotonic() - started)
         assert read == count, f"bare loop read {read} of {count}"
 
+    database_before = _database_counters()
     run = bench.fetchmail(integration)
+    database = _database_work(database_before, _database_counters())
     left = bench.dovecot.count(integration.incoming_username)
     records, messages = (
         ServiceRecord.objects.count(),
@@ -109,10 +138,26 @@ def ingest_and_limit(bench) -> list[Row]:
                 "emails_per_second": rate,
                 "cpu_seconds": run.cpu_seconds,
                 "originals": kept,
+                "database": database,
                 "fetchmail_output": run.output.strip()[-500:],
             },
         )
     ]
+    if database:
+        # What PostgreSQL had to take for this pass, per 1,000 emails: the sizing figure for
+        # a desk that imports that many a second (README, "Past one machine").
+        per_thousand = {key: value * 1000 / count for key, value in database.items()}
+        rows.append(
+            Row(
+                name="   PostgreSQL work per 1,000 emails",
+                result=(
+                    f"{per_thousand['wal_bytes'] / 1e6:.1f} MB WAL, "
+                    f"{per_thousand['rows_inserted']:.0f} rows inserted, "
+                    f"{per_thousand['commits']:.0f} commits"
+                ),
+                details={"per_1000_emails": per_thousand, "pass": database},
+            )
+        )
     if bench.primary:
         rows.append(
             Row(

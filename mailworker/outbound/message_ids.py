@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import re
+import secrets
 
 from django.conf import settings
 from django.utils.crypto import constant_time_compare, get_random_string, salted_hmac
@@ -57,11 +58,18 @@ def _mac(*, record_id: int, nonce: str, secret: str) -> str:
     return base64.b32encode(digest[:MAC_BYTES]).decode("ascii").rstrip("=").lower()
 
 
+def _nonce() -> str:
+    """NONCE_CHARS random characters of base32's lowercase alphabet (a subset of
+    NONCE_ALPHABET), 60 bits: one call to the system's random source instead of one a
+    character (get_random_string), which counted when a chunk queues a hundred emails."""
+    return base64.b32encode(secrets.token_bytes(8)).decode("ascii")[:NONCE_CHARS].lower()
+
+
 def sign_message_id(*, record_id: int, domain: str) -> str:
     """A new Message-ID for an email about record `record_id`, signed."""
     if record_id < 1:
         raise ValueError(f"a record number is positive, not {record_id}")
-    nonce = get_random_string(NONCE_CHARS, allowed_chars=NONCE_ALPHABET)
+    nonce = _nonce()
     mac = _mac(record_id=record_id, nonce=nonce, secret=settings.SECRET_KEY)
     return f"<{PREFIX}.{record_id}.{nonce}.{mac}@{_domain(domain)}>"
 
@@ -87,8 +95,8 @@ def record_of_signed_message_id(value: str) -> int | None:
     if shape is None:
         return None
     record_id, nonce = int(shape["record"]), shape["nonce"]
-    secrets = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
-    for secret in secrets:
+    keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    for secret in keys:
         if constant_time_compare(
             shape["mac"], _mac(record_id=record_id, nonce=nonce, secret=secret)
         ):

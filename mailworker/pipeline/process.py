@@ -1,11 +1,14 @@
 """Emails, from raw bytes to their outcome, each atomically with its processed marker.
 
-A pass processes a chunk of emails in one transaction with a savepoint per email
-(`process_chunk`), so a busy mailbox costs a commit per chunk, not per email. Nothing here
-raises for a problem of an email: what it makes go wrong is rolled back to its savepoint
-and the raw bytes are quarantined with the error, so the chunk goes on. Only a failure of
-the system itself (the database is unreachable) propagates: then the chunk's transaction
-rolls back, nothing of it is acked, and its emails stay in the mailbox for the next pass.
+A pass processes a chunk of emails in one transaction (`process_chunk`), so a busy mailbox
+costs a commit per chunk, not per email, and writes the chunk together: no savepoint per
+email, the rows of each table inserted with one statement at the chunk's end
+(records.write_behind). Nothing here raises for a problem of an email: what it makes go
+wrong rolls the chunk back, which is then written again an email at a time with a savepoint
+each; the failing email is rolled back to its savepoint and its raw bytes quarantined with
+the error, so the chunk goes on. Only a failure of the system itself (the database is
+unreachable) propagates: then the chunk's transaction rolls back, nothing of it is acked,
+and its emails stay in the mailbox for the next pass.
 """
 
 from __future__ import annotations
@@ -430,10 +433,12 @@ def process_chunk(
     flood_released: bool = False,
     create_anyway: bool = False,
 ) -> Iterator[list[ProcessResult]]:
-    """Process emails in shared transactions, a savepoint each; yields the results of each
-    transaction once it has committed, in order, so the caller acks exactly those.
+    """Process emails in shared transactions, each written together (ChunkTransaction);
+    yields the results of each transaction once it has committed, in order, so the caller
+    acks exactly those.
 
-    An email that fails rolls back to its savepoint and is quarantined in the same
+    An email that fails rolls its transaction back, which is written again with a savepoint
+    per email: the failing one rolls back to its savepoint and is quarantined in the same
     transaction; the others commit. A failure of the system (SYSTEM_ERRORS, or a
     quarantine that cannot be written) rolls the whole transaction back and propagates:
     nothing of it is yielded, so nothing of it is acked.
@@ -462,7 +467,7 @@ def process_chunk(
     position = 0
     originals: dict[int, Original] = {}
     while position < len(emails):
-        transaction_emails = ChunkTransaction(
+        writer = ChunkTransaction(
             integration=integration,
             emails=emails,
             keys=keys,
@@ -476,9 +481,7 @@ def process_chunk(
             create_anyway=create_anyway,
         )
         try:
-            results, done, originals = transaction_emails.write(
-                done=done, originals=originals, together=True
-            )
+            results, done, originals = writer.write(done=done, originals=originals, together=True)
         except SYSTEM_ERRORS:
             raise
         except Exception as error:
@@ -492,9 +495,7 @@ def process_chunk(
                 type(error).__name__,
                 str(error)[:200],
             )
-            results, done, originals = transaction_emails.write(
-                done=done, originals=originals, together=False
-            )
+            results, done, originals = writer.write(done=done, originals=originals, together=False)
         position += len(results)
         yield results
 
