@@ -53,7 +53,17 @@ def machine() -> dict[str, Any]:
 def run_suites(options: argparse.Namespace, passthrough: list[str]) -> list[dict[str, Any]]:
     database_url = os.environ.get("DATABASE_URL", "")
     results: list[dict[str, Any]] = []
-    for number, name in enumerate(backends(database_url)):
+    chosen = backends(database_url)
+    if options.databases:
+        wanted = options.databases.split(",")
+        unknown = sorted(set(wanted) - set(chosen))
+        if unknown:
+            raise SystemExit(
+                f"--databases {options.databases}: {', '.join(unknown)} not available here "
+                f"(available: {', '.join(chosen)}; PostgreSQL needs DATABASE_URL)"
+            )
+        chosen = [name for name in chosen if name in wanted]
+    for number, name in enumerate(chosen):
         backend = create_backend(name, database_url=database_url)
         try:
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
@@ -97,6 +107,11 @@ def main() -> None:
         "(--emails, --records, --memory-emails, --memory-mb, --notifications, --rows, "
         "--profile; for the opt-in rows many-mailboxes and big-mailbox: --mailboxes, "
         "--mailbox-emails, --poll-interval, --big-emails, --small-mailboxes) go to each suite."
+    )
+    parser.add_argument(
+        "--databases",
+        help="Only these of the suites' databases, comma-separated (sqlite,postgresql): "
+        "the full-scale many-mailbox rows take minutes on each.",
     )
     options, passthrough = parser.parse_known_args()
     started = time.monotonic()

@@ -15,10 +15,12 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from integrations.models import StrangerPolicy
+from mailworker.mailboxes.base import FetchedMessage
 from mailworker.models import OutboxEmail
 from mailworker.outbound.message_ids import record_of_signed_message_id
 from mailworker.pipeline import apply as apply_module
-from mailworker.pipeline.passes import run_pass
+from mailworker.pipeline import passes as passes_module
+from mailworker.pipeline.passes import fetched_chunks, run_pass
 from records.models import Attachment, Message, ProcessedEmail, Quarantine, ServiceRecord, User
 from records.services import create_record, get_or_create_end_user, record_email_received
 from tests.mail import make_email
@@ -52,8 +54,9 @@ def _stored_files() -> list[Path]:
 
 
 def test_a_chunk_is_written_with_one_insert_per_table_and_no_savepoint_per_email(
-    dovecot, dovecot_integration, staff_hears_of_new_records
+    dovecot, dovecot_integration, staff_hears_of_new_records, monkeypatch
 ):
+    monkeypatch.setattr(passes_module, "FIRST_CHUNK_MAX_EMAILS", None)  # all in one chunk
     # It sends too, so that the acknowledgements are composed (Message-ID, thread).
     integration = dovecot_integration(
         protocol="imap",
@@ -96,8 +99,8 @@ def test_a_chunk_is_written_with_one_insert_per_table_and_no_savepoint_per_email
         assert message.text_body.strip() == f"Body {n}"
         attachment = Attachment.objects.get(message=message)
         assert attachment.file.read() == f"log of {n}".encode()
-        # The file's folder names its record and message, as for any attachment.
-        assert f"attachments/{record.pk}/{message.pk}/" in attachment.file.name
+        # The file's name says its record and message, as for any attachment.
+        assert f"attachments/{record.pk}/{message.pk}-log{n}" in attachment.file.name
         marker = ProcessedEmail.objects.get(record=record)
         assert marker.outcome == "created" and marker.original_id is not None
         # Its acknowledgement names the record's number, in the subject and in the signed
@@ -271,3 +274,22 @@ def test_record_email_received_outside_a_chunk_writes_at_once():
     )
 
     assert message.pk is not None and Message.objects.filter(record=record).count() == 1
+
+
+def test_a_batch_starts_with_a_small_chunk_and_each_next_is_twice_as_large():
+    """Nothing is written while a batch's first chunk is parsed: a small one fills the
+    pipeline sooner; the next may be twice as large (writing takes longer than parsing)."""
+    messages = [FetchedMessage(uid=str(n), raw=b"x" * 10, size=10) for n in range(400)]
+
+    sizes = [len(chunk) for chunk in fetched_chunks(messages, first_max_emails=20)]
+
+    assert sizes == [20, 40, 80, 100, 100, 60]
+    assert [len(c) for c in fetched_chunks(messages)] == [100, 100, 100, 100]
+    # Bytes still bound every chunk, the first ones too.
+    big = [FetchedMessage(uid=str(n), raw=b"x" * 100, size=100) for n in range(10)]
+    assert [len(c) for c in fetched_chunks(big, max_bytes=250, first_max_emails=20)] == [
+        3,
+        3,
+        3,
+        1,
+    ]

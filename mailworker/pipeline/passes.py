@@ -175,7 +175,8 @@ def drain_mailbox(
             fetched = 0
             anything_new = False
             waiting: tuple[list[FetchedMessage], Parsing] | None = None
-            for chunk in fetched_chunks(mailbox.fetch(limit=batch_size)):
+            batch = mailbox.fetch(limit=batch_size)
+            for chunk in fetched_chunks(batch, first_max_emails=FIRST_CHUNK_MAX_EMAILS):
                 fetched += len(chunk)
                 anything_new = anything_new or any(message.uid not in seen for message in chunk)
                 raws = [message.raw for message in chunk]
@@ -215,26 +216,37 @@ CHUNK_MAX_BYTES = 16 * 1024 * 1024
 PARSE_AHEAD_MAX_BYTES = 4 * 1024 * 1024
 
 
+# The first chunk of a batch: nothing is written while it is parsed (the pipeline is
+# empty), so a small one gets the writes going sooner (a full one left the pass idle for
+# the time of a hundred parses at every batch); each next one may be twice as large, as
+# writing an email takes about twice as long as parsing it.
+FIRST_CHUNK_MAX_EMAILS = 20
+
+
 def fetched_chunks(
     messages: Iterable[FetchedMessage],
     *,
     max_emails: int | None = None,
     max_bytes: int | None = None,
+    first_max_emails: int | None = None,
 ) -> Iterator[list[FetchedMessage]]:
-    """Group fetched messages into chunks of `max_emails` messages, or fewer once they hold
-    `max_bytes` of raw bytes. A chunk is handed on as soon as it is full, before the next
-    message is pulled from the mailbox: a large email is never held while another one is
-    processed."""
+    """Group fetched messages into chunks of `max_emails` messages (when `first_max_emails`
+    is given, the first one of that many, each next one twice as many as the one before
+    until `max_emails`), or fewer once they hold `max_bytes` of raw bytes. A
+    chunk is handed on as soon as it is full, before the next message is pulled from the
+    mailbox: a large email is never held while another one is processed."""
     max_emails = max_emails or process.CHUNK_MAX_EMAILS
     max_bytes = max_bytes or CHUNK_MAX_BYTES
+    limit = min(first_max_emails or max_emails, max_emails)
     chunk: list[FetchedMessage] = []
     size = 0
     for message in messages:
         chunk.append(message)
         size += len(message.raw)
-        if len(chunk) >= max_emails or size >= max_bytes:
+        if len(chunk) >= limit or size >= max_bytes:
             yield chunk
             chunk, size = [], 0
+            limit = min(limit * 2, max_emails)
     if chunk:
         yield chunk
 
