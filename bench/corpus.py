@@ -6,6 +6,7 @@ email differs in sender, subject and body, so the duplicate guard lets each one 
 
 from __future__ import annotations
 
+import bisect
 import os
 import random
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
 
 SENDERS = 300  # distinct end users: some senders are new, most come back
+REPLY_LAG = 100  # emails between a record's first email and a reply to it (a chunk at most)
 # A 1x1 PNG: an inline image is small in real signatures too.
 PIXEL_PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -76,20 +78,26 @@ def reply_email(n: int, *, record_number: int, sender: int) -> EmailMessage:
 
 def mixed_mailbox(count: int, *, seed: int = 7) -> list[bytes]:
     """60% plain text, 20% HTML with an inline image, 10% with a 100 KB attachment, 10%
-    replies naming "#number" of a record an earlier email of the list opened (records are
-    numbered from 1 in the bench's fresh database, in the order they are created)."""
+    replies naming "#number" of a record an email at least REPLY_LAG places earlier opened
+    (records are numbered from 1 in the bench's fresh database, in the order they are
+    created). A reply follows the acknowledgement its requester read, which is sent once the
+    record's chunk has committed: a reply into the same chunk as its record's first email
+    does not happen, and the desk writes a chunk's new records together at its end."""
     chooser = random.Random(seed)
     kinds = ["plain"] * 6 + ["html"] * 2 + ["attachment", "reply"]
     raws: list[bytes] = []
     requesters: list[int] = []  # the sender of each record, by record number - 1
+    opened_at: list[int] = []  # the place in the list of each record's first email
     for n in range(count):
-        kind = chooser.choice(kinds) if requesters else "plain"
+        repliable = bisect.bisect_right(opened_at, n - REPLY_LAG)  # records 1..repliable
+        kind = chooser.choice(kinds) if repliable else "plain"
         if kind == "reply":
-            number = chooser.randint(1, len(requesters))
+            number = chooser.randint(1, repliable)
             reply = reply_email(n, record_number=number, sender=requesters[number - 1])
             raws.append(reply.as_bytes(policy=SMTP))
             continue
         requesters.append(n % SENDERS)
+        opened_at.append(n)
         if kind == "plain":
             raws.append(plain_email(n).as_bytes(policy=SMTP))
         elif kind == "html":
