@@ -29,6 +29,11 @@ def is_on_record(*, record: ServiceRecord, address: str) -> bool:
     address = address.strip().lower()
     if not address:
         return False
+    # The requester, the most common writer, is known without a query when the record was
+    # read with them (existing_records does).
+    requester = record.requester if ServiceRecord.requester.is_cached(record) else None
+    if requester is not None and (requester.email or "").strip().lower() == address:
+        return True
     write_behind.write_for_record(record.pk)  # its messages of this chunk count too
     mentioned = Q(from_address__iexact=address)
     # SQLite keeps JSON as json.dumps wrote it (non-ASCII escaped), PostgreSQL's jsonb
@@ -65,7 +70,8 @@ def existing_records(*, numbers: Iterable[int]) -> dict[int, ServiceRecord]:
     the one it was merged into (so "#old" threads into the kept record). A chain is
     followed at most MAX_MERGE_HOPS steps and never round a cycle: where it stops, the
     record reached is the answer."""
-    found = {record.pk: record for record in ServiceRecord.objects.filter(pk__in=list(numbers))}
+    records = ServiceRecord.objects.select_related("requester")  # who may write (is_on_record)
+    found = {record.pk: record for record in records.filter(pk__in=list(numbers))}
     resolved = dict(found)
     seen = {number: {number} for number in found}
     for _hop in range(MAX_MERGE_HOPS):
@@ -76,7 +82,7 @@ def existing_records(*, numbers: Iterable[int]) -> dict[int, ServiceRecord]:
         }
         if not pending:
             break
-        targets = ServiceRecord.objects.in_bulk(set(pending.values()))
+        targets = records.in_bulk(set(pending.values()))
         for number, target in pending.items():
             if target in targets:
                 resolved[number] = targets[target]

@@ -319,7 +319,7 @@ def test_the_desk_s_files_are_for_its_own_user_only(tmp_path: Path) -> None:
         data_dir, "shell", "-c", "from mailworker.tasks import record_heartbeat as t; t.delay()"
     )
 
-    attachments = list((data_dir / "media").rglob("logo.png"))
+    attachments = list((data_dir / "media").rglob("*logo.png"))
     assert attachments, sorted(str(p) for p in data_dir.rglob("*"))
     assert (data_dir / "servicedesk.sqlite3").exists()
     assert (data_dir / "secret_key").exists()
