@@ -80,7 +80,9 @@ def _integrations_reading_addresses(*, exclude_pk: int | None = None) -> dict[st
     queryset = EmailIntegration.objects.filter(incoming_enabled=True).order_by("name")
     if exclude_pk is not None:
         queryset = queryset.exclude(pk=exclude_pk)
-    for integration in queryset.only("name", "incoming_username", "email_address"):
+    # incoming_enabled too: _own_addresses reads it (a deferred field is a query a row).
+    fields = ("name", "incoming_enabled", "incoming_username", "email_address")
+    for integration in queryset.only(*fields):
         for address in _own_addresses(integration):
             readers.setdefault(address, integration.name)
     return readers

@@ -171,6 +171,31 @@ def test_a_pass_that_finds_nothing_new_reads_no_filters_or_lookups(
     assert len(queries) <= 4, [query["sql"][:120] for query in queries]
 
 
+@pytest.mark.django_db
+def test_a_pass_costs_as_many_queries_with_a_hundred_other_mailboxes_as_with_none(
+    dovecot: Dovecot, dovecot_integration: Callable[..., EmailIntegration], make_integration
+) -> None:
+    """What a pass reads of the other integrations (the desk's own addresses, for the loop
+    guard and the outbox) is one query whatever their number: a deferred field read per
+    integration made a pass at a thousand mailboxes cost a thousand queries."""
+
+    def queries_of_a_pass(prefix: str) -> int:
+        integration = dovecot_integration()
+        dovecot.deliver(integration.incoming_username, emails(3, prefix))
+        with CaptureQueriesContext(connection) as queries:
+            report = run_pass(integration=integration)
+        assert report.counts["created"] == 3, report.summary()
+        return len(queries)
+
+    alone = queries_of_a_pass("Alone ")
+    for n in range(100):
+        make_integration(**incoming_imap(name=f"Other {n}", incoming_username=f"o{n}@desk.test"))
+    # The same senders again: the same users, lookups and writes as the first pass.
+    beside_a_hundred = queries_of_a_pass("Beside ")
+
+    assert beside_a_hundred <= alone + 2, (alone, beside_a_hundred)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_passes_for_new_mail_are_taken_before_routine_polls(
     workers: Workers, dovecot: Dovecot, dovecot_integration: Callable[..., EmailIntegration]
