@@ -4,6 +4,8 @@ a real Dovecot."""
 
 from __future__ import annotations
 
+import multiprocessing
+
 import pytest
 from django.db import OperationalError
 
@@ -163,15 +165,22 @@ def test_an_email_the_parser_fails_on_is_quarantined_whole_with_the_traceback(
     dovecot, dovecot_integration, monkeypatch, settings, processes
 ):
     """Parsing runs in a second process (1) or in the pass's own (0): either way a parser
-    failure quarantines the raw bytes with the traceback and the others are imported."""
+    failure quarantines the raw bytes with the traceback and the others are imported. (A
+    batch's first chunk, 20 emails, is parsed in the pass's own process either way: the
+    failing email comes after it.)"""
     settings.INGEST_PARSE_PROCESSES = processes
     integration = dovecot_integration(protocol="imap", encryption="ssl")
-    raws = _emails(5)
+    raws = [  # from different senders: the flood limit is not what this is about
+        make_email(sender=f"person{n}@customer.test", subject=f"Request {n}", body=f"Body {n}")
+        for n in range(30)
+    ]
     dovecot.deliver(integration.incoming_username, raws)
     real_parse = parse_ahead.parse_email
 
     def parse_email(raw: bytes):
-        if b"Request 2" in raw:
+        if b"Subject: Request 25\r\n" in raw:
+            if processes:  # the second process parses it
+                assert multiprocessing.parent_process() is not None
             raise UnicodeError("the parser tripped")
         return real_parse(raw)
 
@@ -180,9 +189,9 @@ def test_an_email_the_parser_fails_on_is_quarantined_whole_with_the_traceback(
 
     report = run_pass(integration=integration)
 
-    assert report.counts["created"] == 4 and report.counts["quarantined"] == 1
+    assert report.counts["created"] == 29 and report.counts["quarantined"] == 1
     entry = Quarantine.objects.get()
-    assert bytes(entry.raw_email) == raws[2]
+    assert bytes(entry.raw_email) == raws[25]
     assert "UnicodeError: the parser tripped" in entry.reason
     assert "Traceback" in entry.reason
     assert dovecot.count(integration.incoming_username) == 0

@@ -136,8 +136,12 @@ class Parser:
     def __init__(self, pool: ProcessPoolExecutor | None) -> None:
         self.pool = pool
 
-    def submit(self, raws: list[bytes], keep: list[bool] | None = None) -> Parsing:
-        if self.pool is not None:
+    def submit(
+        self, raws: list[bytes], keep: list[bool] | None = None, *, here: bool = False
+    ) -> Parsing:
+        """`here`: parse in this process now (a batch's first chunk: nothing is written
+        meanwhile, and a pass of one chunk then never starts the second process)."""
+        if self.pool is not None and not here:
             try:
                 with _children_allowed():  # the pool starts its process on a submit
                     return Parsing(raws, self.pool.submit(parse_all, raws, keep), keep)

@@ -176,6 +176,7 @@ def drain_mailbox(
             anything_new = False
             waiting: tuple[list[FetchedMessage], Parsing] | None = None
             batch = mailbox.fetch(limit=batch_size)
+            first_of_batch = True
             for chunk in fetched_chunks(batch, first_max_emails=FIRST_CHUNK_MAX_EMAILS):
                 fetched += len(chunk)
                 anything_new = anything_new or any(message.uid not in seen for message in chunk)
@@ -192,11 +193,14 @@ def drain_mailbox(
                         waiting = None
                     write(chunk, parse_ahead.parse_all(raws, keep))
                 else:
-                    parsing = parser.submit(raws, keep)
+                    # A batch's first chunk is parsed here: nothing waits to be written
+                    # meanwhile, and a small mailbox's pass never forks the parse process.
+                    parsing = parser.submit(raws, keep, here=first_of_batch)
                     if waiting is not None:
                         write(waiting[0], parser.result(waiting[1]))
                     waiting = (chunk, parsing)
                     del parsing
+                first_of_batch = False
                 # Let this chunk's bytes go once it is written, before the next is fetched.
                 del chunk, raws
             if waiting is not None:
