@@ -1,14 +1,13 @@
 """The Celery app: configured from Django settings (CELERY_*), tasks found in the apps."""
 
 import glob
-import logging
 import os
 from pathlib import Path
 
 from celery import Celery
 from celery.beat import PersistentScheduler
 from celery.schedules import crontab
-from celery.signals import beat_init, celeryd_init, worker_process_init
+from celery.signals import celeryd_init, worker_process_init
 
 from servicedesk.configuration import PRIVATE_FILE_MODE, keep_new_files_private
 
@@ -53,16 +52,6 @@ class PrivatePersistentScheduler(PersistentScheduler):
             if path.is_file():
                 path.chmod(PRIVATE_FILE_MODE)
         super().setup_schedule()
-
-
-@beat_init.connect
-def dispatch_polls_at_start(sender: object, **_kwargs: object) -> None:
-    """Beat's interval schedule first fires one interval after it starts: the mailboxes due
-    at start-up (all of them, on a first start) are dispatched at once instead."""
-    try:
-        app.send_task("mailworker.tasks.dispatch_due_polls")
-    except Exception:  # the broker is not there yet: the regular dispatch follows
-        logging.getLogger(__name__).warning("could not dispatch at start", exc_info=True)
 
 
 @app.on_after_finalize.connect

@@ -225,44 +225,6 @@ def test_passes_for_new_mail_are_taken_before_routine_polls(
     assert sorted(order[:2]) == sorted(integration.name for integration in pushed), order
 
 
-@pytest.mark.django_db(transaction=True)
-def test_beat_dispatches_the_mailboxes_due_as_soon_as_it_starts(
-    workers: Workers,
-    dovecot: Dovecot,
-    dovecot_integration: Callable[..., EmailIntegration],
-    tmp_path,
-) -> None:
-    """Beat's interval schedule fires one interval after it starts: a first start of a
-    thousand mailboxes waited that long before any was read. It dispatches at start."""
-    integration = dovecot_integration(use_idle=False)
-    dovecot.deliver(integration.incoming_username, make_email(subject="Waiting at start"))
-    slow = {"POLL_DISPATCH_SECONDS": "600"}  # the regular dispatch cannot be what reads it
-    worker = workers.celery_worker(**slow)
-    worker.start()
-    beat = workers._managed(
-        "beat",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "servicedesk",
-            "beat",
-            "--loglevel=INFO",
-            f"--schedule={tmp_path / 'beat-schedule'}",
-        ],
-        ready_text="beat: Starting",
-        **slow,
-    )
-    beat.start()
-
-    wait_until(
-        lambda: ServiceRecord.objects.filter(title="Waiting at start").exists(),
-        timeout=60,
-        message=beat.output()[-2000:] + worker.output()[-3000:],
-    )
-
-
 def test_mailidle_raises_its_open_file_limit_and_says_when_the_hard_limit_is_too_low() -> None:
     script = (
         "import resource, django, os\n"
