@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import selectors
 import time
 from collections.abc import Callable
@@ -135,19 +134,6 @@ def raise_open_file_limit(connections: int) -> str:
             "the hard limit (docker: ulimit nofile; systemd: LimitNOFILE=; shell: ulimit -Hn)."
         )
     return f"open-file limit {soft} (room for about {room} IDLE connections)"
-
-
-def lower_cpu_priority(niceness: int) -> str:
-    """Run below the workers: a thousand TLS handshakes when mailidle (re)connects would
-    otherwise take the CPU from the passes importing the mail, which matters more; waiting
-    in IDLE costs no CPU, so new mail is still announced at once. Returns what it did."""
-    if niceness <= 0:
-        return ""
-    try:
-        now = os.nice(niceness)
-    except (AttributeError, OSError) as exc:  # not Unix, or not allowed
-        return f"could not lower the CPU priority: {exc}"
-    return f"CPU priority lowered to nice {now} (IDLE_NICENESS), below the workers"
 
 
 def open_idle_connection(integration_id: int) -> ImapMailbox:

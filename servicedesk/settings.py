@@ -268,8 +268,6 @@ if INGEST_PARSE_PROCESSES is not None and INGEST_PARSE_PROCESSES < 0:
 # drop an IDLE after 30 minutes), and the integrations are re-read this often.
 IDLE_REISSUE_SECONDS = env.int("IDLE_REISSUE_SECONDS", default=25 * 60)
 IDLE_RELOAD_SECONDS = env.int("IDLE_RELOAD_SECONDS", default=30)
-# mailidle runs this much below the workers' CPU priority (0: the same).
-IDLE_NICENESS = env.int("IDLE_NICENESS", default=10)
 IDLE_RECONNECT_MAX_SECONDS = env.int("IDLE_RECONNECT_MAX_SECONDS", default=300)
 HEARTBEAT_INTERVAL_SECONDS = env.int("HEARTBEAT_INTERVAL_SECONDS", default=30)
 # /healthz is unhealthy when the last worker heartbeat is older than this.

@@ -249,28 +249,3 @@ def test_mailidle_raises_its_open_file_limit_and_says_when_the_hard_limit_is_too
     assert enough == "open-file limit 600 (room for about 536 IDLE connections)"
     assert "room for about 536 IDLE connections, but 1000 integrations use push" in too_few
     assert "Raise the hard limit" in too_few
-
-
-def test_mailidle_runs_below_the_workers_cpu_priority() -> None:
-    script = (
-        "import django, os\n"
-        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'servicedesk.settings')\n"
-        "django.setup()\n"
-        "from mailworker.idle import lower_cpu_priority\n"
-        "before = os.getpriority(os.PRIO_PROCESS, 0)\n"
-        "print(lower_cpu_priority(10))\n"
-        "print(os.getpriority(os.PRIO_PROCESS, 0) - before)\n"
-        "print(repr(lower_cpu_priority(0)))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    said, lowered_by, nothing = result.stdout.strip().splitlines()[-3:]
-    assert lowered_by == "10"
-    assert said.startswith("CPU priority lowered to nice") and "below the workers" in said
-    assert nothing == "''"

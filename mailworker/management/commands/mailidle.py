@@ -10,15 +10,9 @@ import signal
 from types import FrameType
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from mailworker.idle import (
-    IdleListener,
-    idle_integrations,
-    lower_cpu_priority,
-    raise_open_file_limit,
-)
+from mailworker.idle import IdleListener, idle_integrations, raise_open_file_limit
 
 
 class Command(BaseCommand):
@@ -41,9 +35,6 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         self.stdout.write(f"mailidle: {raise_open_file_limit(len(idle_integrations()))}")
-        lowered = lower_cpu_priority(settings.IDLE_NICENESS)
-        if lowered:
-            self.stdout.write(f"mailidle: {lowered}")
         self.stdout.write("mailidle: listening for new mail (IMAP IDLE); Ctrl-C stops.")
         self.stdout.flush()
         listener.run()
