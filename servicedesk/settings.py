@@ -240,6 +240,13 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # alternates between them. See mailworker/scheduling.py.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_QUEUES = [Queue("mail-push"), Queue(CELERY_TASK_DEFAULT_QUEUE)]
+# Beat's dispatch and the workers' heartbeat are taken first too: quick, and late behind a
+# backlog of routine passes they would make every mailbox late (dispatch ran 57 s after
+# start-up behind a thousand catch-up passes) and /healthz report workers as gone.
+CELERY_TASK_ROUTES = {
+    "mailworker.tasks.dispatch_due_polls": {"queue": "mail-push"},
+    "mailworker.tasks.record_heartbeat": {"queue": "mail-push"},
+}
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULER = "servicedesk.celery:PrivatePersistentScheduler"
 # How often beat looks for integrations whose poll interval is up.

@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from integrations.models import EmailIntegration
-from mailworker.models import MailboxState
+from mailworker.models import MailboxState, WorkerHeartbeat
 from mailworker.pipeline.passes import run_pass
 from mailworker.scheduling import (
     PUSH_QUEUE,
@@ -223,6 +223,31 @@ def test_passes_for_new_mail_are_taken_before_routine_polls(
 
     order = list(ServiceRecord.objects.order_by("pk").values_list("title", flat=True))
     assert sorted(order[:2]) == sorted(integration.name for integration in pushed), order
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dispatch_and_heartbeat_are_taken_before_a_backlog_of_routine_passes(
+    workers: Workers, dovecot: Dovecot, dovecot_integration: Callable[..., EmailIntegration]
+) -> None:
+    """Beat's tasks, sent by name as beat sends them (the routes choose their queue), behind
+    four routine passes queued while no worker ran: the heartbeat is recorded before the
+    passes' records exist."""
+    routine = [dovecot_integration(use_idle=False) for _ in range(4)]
+    for integration in routine:
+        dovecot.deliver(integration.incoming_username, make_email(subject=integration.name))
+        workers.send("mailworker.tasks.poll_integration", integration.pk)
+    workers.send("mailworker.tasks.dispatch_due_polls")  # routed as beat's would be
+    workers.send("mailworker.tasks.record_heartbeat")
+
+    worker = workers.celery_worker()
+    worker.start()
+    wait_until(
+        lambda: ServiceRecord.objects.count() == 4, timeout=60, message=worker.output()[-3000:]
+    )
+
+    heartbeat = WorkerHeartbeat.objects.get()
+    first_record = ServiceRecord.objects.order_by("created_at").first()
+    assert heartbeat.beat_at < first_record.created_at, worker.output()[-3000:]
 
 
 def test_mailidle_raises_its_open_file_limit_and_says_when_the_hard_limit_is_too_low() -> None:
