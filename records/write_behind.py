@@ -46,9 +46,6 @@ class PendingRows:
     logs: set[int] = field(default_factory=set)
     # Events of rows still pending (a record opened), sent once the rows are written.
     events: list[tuple[Signal, dict[str, Any]]] = field(default_factory=list)
-    # The files stored through the block: on an error its transaction rolls their rows
-    # back, and the files are removed.
-    files: list[Attachment] = field(default_factory=list)
 
 
 _pending: ContextVar[PendingRows | None] = ContextVar("pending_rows", default=None)
@@ -63,11 +60,9 @@ def rows_written_together() -> Iterator[PendingRows]:
     rows = PendingRows()
     token = _pending.set(rows)
     try:
-        yield rows
-        _insert(rows)
-    except BaseException:
-        _remove_files(rows.files)
-        raise
+        with files_removed_on_error():
+            yield rows
+            _insert(rows)
     finally:
         _pending.reset(token)
 
@@ -101,13 +96,18 @@ def save_attachment(attachment: Attachment, *, name: str, content: bytes) -> Non
     """Store the attachment's file and save its row, at once or with the chunk's rows."""
     rows = _pending.get()
     if rows is None:
-        attachment.file.save(name, ContentFile(content), save=False)
-        stored = _stored_files.get()
-        if stored is not None:
-            stored.append(attachment)
+        _store_file(attachment, name=name, content=content)
         attachment.save()
     else:
         rows.attachments.append((attachment, name, content))
+
+
+def _store_file(attachment: Attachment, *, name: str, content: bytes) -> None:
+    """Write the file, noted for removal should the enclosing block fail."""
+    attachment.file.save(name, ContentFile(content), save=False)
+    stored = _stored_files.get()
+    if stored is not None:
+        stored.append(attachment)
 
 
 _stored_files: ContextVar[list[Attachment] | None] = ContextVar("stored_files", default=None)
@@ -115,8 +115,11 @@ _stored_files: ContextVar[list[Attachment] | None] = ContextVar("stored_files", 
 
 @contextmanager
 def files_removed_on_error() -> Iterator[None]:
-    """For a block whose rows a savepoint rolls back on an error (an email written on its
-    own): the files its attachments stored are removed with them."""
+    """For a block whose rows roll back on an error (an email's savepoint, a chunk written
+    together): the files its attachments stored are removed with them. Nested in another
+    such block, what it stored is handed on to it when it ends well: the outer block may
+    still roll back."""
+    outer = _stored_files.get()
     stored: list[Attachment] = []
     token = _stored_files.set(stored)
     try:
@@ -126,6 +129,8 @@ def files_removed_on_error() -> Iterator[None]:
         raise
     finally:
         _stored_files.reset(token)
+    if outer is not None:
+        outer.extend(stored)
 
 
 def send(signal: Signal, **kwargs: Any) -> None:
@@ -174,8 +179,7 @@ def _insert(rows: PendingRows) -> None:
     if rows.attachments:
         attachments = _taken(rows.attachments)
         for attachment, name, content in attachments:
-            attachment.file.save(name, ContentFile(content), save=False)
-            rows.files.append(attachment)
+            _store_file(attachment, name=name, content=content)
         Attachment.objects.bulk_create([attachment for attachment, _name, _data in attachments])
     if rows.markers:
         ProcessedEmail.objects.bulk_create(_taken(rows.markers))

@@ -146,13 +146,10 @@ def load_chunk_lookups(
 ) -> ChunkLookups:
     """Five queries for a chunk's emails, instead of one or two an email each."""
     wanted = frozenset(fingerprint for fingerprint in fingerprints if fingerprint)
+    addresses = frozenset(sender.strip().lower() for sender in senders if sender.strip())
     users = find_users_by_email(emails=senders)
     # The usernames the new senders would get: new end users are named by their address.
-    new_usernames = frozenset(
-        username_for(sender)
-        for sender in senders
-        if sender.strip() and sender.strip().lower() not in users
-    )
+    new_usernames = frozenset(username_for(address) for address in addresses - users.keys())
     newest = (
         ProcessedEmail.objects.filter(fingerprint__in=wanted)
         .values("fingerprint")
@@ -161,7 +158,7 @@ def load_chunk_lookups(
     )
     return ChunkLookups(
         users=users,
-        addresses=frozenset(sender.strip().lower() for sender in senders if sender.strip()),
+        addresses=addresses,
         newest_markers=dict(newest) if wanted else {},
         fingerprints=wanted,
         new_records=new_records_in_window(flood_keys),
