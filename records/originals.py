@@ -46,6 +46,7 @@ from django.http import Http404, StreamingHttpResponse
 from django.utils import timezone
 
 from records.models import DeskSettings, Original, ProcessedEmail
+from servicedesk.bulk_insert import insert_rows
 
 logger = logging.getLogger(__name__)
 
@@ -235,21 +236,21 @@ def store_file(path: str, *, received_at: datetime | None = None) -> StoredOrigi
 def original_rows(
     stored: Sequence[StoredOriginal], *, integration_id: int | None
 ) -> list[Original]:
-    """Rows of many originals at once (one INSERT: a chunk's emails, bench row 1)."""
-    return Original.objects.bulk_create(
-        [
-            Original(
-                integration_id=integration_id,
-                file=each.name,
-                size=each.size,
-                stored_size=each.stored_size,
-                sha256=each.sha256,
-                received_at=each.received_at,
-                offset=each.offset,
-            )
-            for each in stored
-        ]
-    )
+    """Rows of many originals at once (one statement: a chunk's emails, bench row 1)."""
+    rows = [
+        Original(
+            integration_id=integration_id,
+            file=each.name,
+            size=each.size,
+            stored_size=each.stored_size,
+            sha256=each.sha256,
+            received_at=each.received_at,
+            offset=each.offset,
+        )
+        for each in stored
+    ]
+    insert_rows(rows)
+    return rows
 
 
 def open_original(original: Original) -> IO[bytes]:

@@ -29,6 +29,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from records.models import Attachment, Message, ProcessedEmail, ServiceRecord, User
+from servicedesk.bulk_insert import insert_rows
 
 
 @dataclass
@@ -167,22 +168,22 @@ def write_pending() -> None:
 
 
 def _insert(rows: PendingRows) -> None:
-    """In the order the rows point at each other; bulk_create fills the keys in, and each
+    """In the order the rows point at each other; insert_rows fills the keys in, and each
     row's foreign keys are read from the objects it points at when it is inserted."""
     if rows.users:
-        User.objects.bulk_create(_taken(rows.users))
+        insert_rows(_taken(rows.users))
     if rows.records:
-        ServiceRecord.objects.bulk_create(_taken(rows.records))
+        insert_rows(_taken(rows.records))
     if rows.messages:
-        Message.objects.bulk_create(_taken(rows.messages))
+        insert_rows(_taken(rows.messages))
         rows.logs.clear()
     if rows.attachments:
         attachments = _taken(rows.attachments)
         for attachment, name, content in attachments:
             _store_file(attachment, name=name, content=content)
-        Attachment.objects.bulk_create([attachment for attachment, _name, _data in attachments])
+        insert_rows([attachment for attachment, _name, _data in attachments])
     if rows.markers:
-        ProcessedEmail.objects.bulk_create(_taken(rows.markers))
+        insert_rows(_taken(rows.markers))
     if rows.touched:
         ServiceRecord.objects.filter(pk__in=rows.touched).update(updated_at=timezone.now())
         rows.touched.clear()

@@ -1,7 +1,8 @@
-"""A chunk of incoming emails is written together: one multi-row INSERT per table (end
+"""A chunk of incoming emails is written together: one statement per table (end
 users, records, messages, attachments, incoming-log rows, outbox), no savepoint per email,
 and the records' events once the rows are written (records.write_behind); an email that
-fails makes the chunk be written again an email at a time. Shown on a real Dovecot."""
+fails makes the chunk be written again an email at a time. Shown on a real Dovecot.
+The statement is a multi-row INSERT, or on PostgreSQL a COPY (servicedesk.bulk_insert)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,11 @@ from tests.mail import make_email
 
 pytestmark = pytest.mark.django_db
 
-INSERT_INTO = re.compile(r'^\s*INSERT INTO "?(\w+)"?', re.IGNORECASE)
+INSERT_INTO = re.compile(r'^\s*(?:INSERT INTO|COPY) "?(\w+)"?', re.IGNORECASE)
 
 
 def _inserts(queries: list[dict]) -> Counter[str]:
-    """INSERT statements per table."""
+    """Statements that insert rows (INSERT, COPY), per table."""
     tables = (INSERT_INTO.match(query["sql"]) for query in queries)
     return Counter(match.group(1) for match in tables if match)
 

@@ -38,6 +38,7 @@ from mailworker.models import OutboxEmail
 from mailworker.outbound.compose import check_headers, new_message_id
 from records import write_behind
 from records.models import Direction, Message, ServiceRecord
+from servicedesk.bulk_insert import insert_rows
 
 logger = logging.getLogger(__name__)
 State = OutboxEmail.State
@@ -95,7 +96,7 @@ def batched_outbox(*, desk_addresses: frozenset[str] | None = None) -> Iterator[
 
 def _insert_pending(batch: _Batch) -> None:
     if batch.pending:
-        OutboxEmail.objects.bulk_create(batch.pending)
+        insert_rows(batch.pending)
         batch.pending.clear()
 
 
