@@ -57,6 +57,7 @@ class Watch:
     integration_id: int
     name: str
     version: datetime  # the integration's updated_at: an edited integration reconnects
+    integration: EmailIntegration  # as the last reload read it
     mailbox: ImapMailbox | None = None
     connecting: Future[ImapMailbox] | None = None
     idle_since: float = 0.0
@@ -136,10 +137,17 @@ def raise_open_file_limit(connections: int) -> str:
     return f"open-file limit {soft} (room for about {room} IDLE connections)"
 
 
-def open_idle_connection(integration_id: int) -> ImapMailbox:
-    """Connect, log in, select the folder and enter IDLE (run in a connect thread)."""
+def open_idle_connection(integration: EmailIntegration) -> ImapMailbox:
+    """Connect, log in, select the folder and enter IDLE (run in a connect thread).
+    `integration` as the last reload read it: a password's mailbox is connected without a
+    query, so a thousand connects at start-up are not a thousand new PostgreSQL backends
+    for the threads. An OAuth 2.0 one is read again here: its grant's tokens change with
+    every refresh (a worker's pass may have rotated the refresh token since the reload)."""
     try:
-        integration = EmailIntegration.objects.select_related("oauth_grant").get(pk=integration_id)
+        if integration.uses_oauth:
+            integration = EmailIntegration.objects.select_related("oauth_grant").get(
+                pk=integration.pk
+            )
         mailbox = open_mailbox(integration, timeout=CONNECT_TIMEOUT_SECONDS)
         if not isinstance(mailbox, ImapMailbox):
             raise IdleUnsupported
@@ -153,7 +161,7 @@ def open_idle_connection(integration_id: int) -> ImapMailbox:
             raise
         return mailbox
     finally:
-        connection.close()  # this thread's own database connection
+        connection.close()  # this thread's own, if it opened one
 
 
 def has_new_mail(responses: list[tuple]) -> bool:
@@ -234,8 +242,9 @@ class IdleListener:
         for integration_id, integration in wanted.items():
             if integration_id not in self.watches:
                 self.watches[integration_id] = Watch(
-                    integration_id, integration.name, integration.updated_at
+                    integration_id, integration.name, integration.updated_at, integration
                 )
+            self.watches[integration_id].integration = integration
 
     # Connections ---------------------------------------------------------------------
 
@@ -247,7 +256,7 @@ class IdleListener:
                 and not watch.unsupported
                 and watch.retry_at <= now
             ):
-                watch.connecting = self.connector.submit(open_idle_connection, watch.integration_id)
+                watch.connecting = self.connector.submit(open_idle_connection, watch.integration)
 
     def collect_connections(self, now: float) -> None:
         for watch in list(self.watches.values()):

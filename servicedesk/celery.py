@@ -7,7 +7,7 @@ from pathlib import Path
 from celery import Celery
 from celery.beat import PersistentScheduler
 from celery.schedules import crontab
-from celery.signals import celeryd_init, worker_process_init
+from celery.signals import celeryd_init, task_postrun, task_prerun, worker_process_init
 
 from servicedesk.configuration import PRIVATE_FILE_MODE, keep_new_files_private
 
@@ -23,6 +23,20 @@ def keep_worker_files_private(**_kwargs: object) -> None:
     """The worker writes broker messages and the SQLite database: for the desk's own user
     only. (Not at import: the test suite imports this module too.)"""
     keep_new_files_private()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def close_old_database_connections(task: object = None, **_kwargs: object) -> None:
+    """Around each task, database connections are kept or closed as for a web request: closed
+    when unusable (an error, the server restarted) or older than CONN_MAX_AGE. Celery's own
+    Django fixup would close them around every task (CELERY_DB_REUSE_MAX in settings.py says
+    why not). Not for a task run eagerly: it runs inside its caller's transaction."""
+    from django.db import close_old_connections
+
+    request = getattr(task, "request", None)
+    if not getattr(request, "is_eager", False):
+        close_old_connections()
 
 
 @worker_process_init.connect

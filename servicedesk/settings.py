@@ -247,6 +247,12 @@ CELERY_TASK_ROUTES = {
     "mailworker.tasks.dispatch_due_polls": {"queue": "mail-push"},
     "mailworker.tasks.record_heartbeat": {"queue": "mail-push"},
 }
+# Celery's Django fixup closes every database connection before and after each task unless
+# this is set: each pass then paid a new PostgreSQL backend (its fork, authentication, cold
+# catalog caches), which made PostgreSQL a third of the machine's CPU at 1,000 mailboxes.
+# Connections now live as CONN_MAX_AGE says (servicedesk.celery closes the unusable and the
+# old ones around each task); Celery still closes them all every this many tasks.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULER = "servicedesk.celery:PrivatePersistentScheduler"
 # How often beat looks for integrations whose poll interval is up.

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
+from django.db import connection
 
 from integrations.models import EmailIntegration
 from mailworker.pipeline.passes import run_pass
@@ -97,6 +98,43 @@ def test_a_prefork_pool_child_parses_ahead_in_a_process_of_its_own(
     worker.stop()
     assert_each_email_imported_once("Prefork", 250)
     assert "parsing here" not in worker.output(), worker.output()[-3000:]
+
+
+def _other_backends() -> set[int]:
+    """PostgreSQL backends of this database other than the test's own connection."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return {pid for (pid,) in cursor.fetchall()}
+
+
+def test_a_worker_keeps_its_database_connection_from_one_pass_to_the_next(
+    workers: Workers, dovecot: Dovecot, dovecot_integration: Callable[..., EmailIntegration]
+) -> None:
+    """Celery's Django fixup closes the connections around every task unless told otherwise
+    (CELERY_DB_REUSE_MAX): on PostgreSQL each pass then paid a new backend. Now the same
+    backend serves the worker's passes while CONN_MAX_AGE allows."""
+    integration = dovecot_integration()
+    worker = workers.celery_worker()
+    worker.start()
+    backends = []
+    for n in range(3):
+        dovecot.deliver(integration.incoming_username, numbered_emails(1, f"Pass {n}"))
+        workers.send(POLL, integration.pk)
+        wait_until(
+            lambda n=n: ServiceRecord.objects.filter(title__startswith=f"Pass {n}").exists(),
+            timeout=60,
+            message=f"pass {n} did not import its email:\n{worker.output()[-3000:]}",
+        )
+        worker.wait_for_output("status=ok fetched=1 created=1", timeout=30)
+        worker.mark_output()
+        if connection.vendor == "postgresql":
+            backends.append(_other_backends())
+    if connection.vendor == "postgresql":
+        # The worker's backend outlived each pass, and it is the same one each time.
+        assert backends[0] and backends[0] == backends[1] == backends[2], backends
 
 
 def test_the_lock_keeps_a_second_pass_out_and_dies_with_its_holder(
