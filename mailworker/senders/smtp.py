@@ -193,7 +193,7 @@ class _Session:
         if self.encryption == Encryption.NONE:
             return None
         try:
-            context = ssl_context_for(self.integration)
+            context = ssl_context_for(self.integration, encryption=self.encryption)
         except (ssl.SSLError, ValueError) as exc:
             raise TransportError(
                 kind=TransportErrorKind.CERTIFICATE,
@@ -201,9 +201,6 @@ class _Session:
                 message=f"The CA certificate of the integration cannot be used: {exc}.",
                 temporary=False,
             ) from exc
-        if self.encryption == Encryption.TLS12:
-            # ssl_context_for() reads the incoming encryption; this is the outgoing one.
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
         return context
 
     async def _start_tls(self, client: aiosmtplib.SMTP, context: ssl.SSLContext | None) -> None:
