@@ -67,6 +67,8 @@ class Watch:
     last_pass_at: float = float("-inf")
     pass_pending: bool = False
     status: str = ""
+    # When it was first watched (the listener's clock): how long its connect may wait.
+    watched_since: float = 0.0
 
 
 def queue_pass(integration_id: int) -> None:
@@ -202,6 +204,8 @@ class IdleListener:
         # thread, and Event.set() there deadlocks when the signal lands while the same thread
         # holds the Event's lock inside Event.wait().
         self.stop_requested = False
+        self._busy = False
+        self._busy_checked_at = float("-inf")
 
     # The loop --------------------------------------------------------------------------
 
@@ -242,21 +246,56 @@ class IdleListener:
         for integration_id, integration in wanted.items():
             if integration_id not in self.watches:
                 self.watches[integration_id] = Watch(
-                    integration_id, integration.name, integration.updated_at, integration
+                    integration_id,
+                    integration.name,
+                    integration.updated_at,
+                    integration,
+                    watched_since=self.clock(),
                 )
             self.watches[integration_id].integration = integration
 
     # Connections ---------------------------------------------------------------------
 
     def start_connections(self, now: float) -> None:
-        for watch in self.watches.values():
-            if (
-                watch.mailbox is None
-                and watch.connecting is None
-                and not watch.unsupported
-                and watch.retry_at <= now
-            ):
-                watch.connecting = self.connector.submit(open_idle_connection, watch.integration)
+        due = [
+            watch
+            for watch in self.watches.values()
+            if watch.mailbox is None
+            and watch.connecting is None
+            and not watch.unsupported
+            and watch.retry_at <= now
+        ]
+        if not due:
+            return
+        if self.workers_busy(now):
+            # Mailboxes watched a while already (a reconnect) do not wait.
+            limit = settings.IDLE_CONNECT_WAIT_MAX_SECONDS
+            due = [watch for watch in due if now - watch.watched_since >= limit]
+        for watch in due:
+            watch.connecting = self.connector.submit(open_idle_connection, watch.integration)
+
+    def workers_busy(self, now: float) -> bool:
+        """Whether more routine passes are queued than IDLE_CONNECT_WHEN_QUEUED_AT_MOST (read
+        at most once a second). Then new IDLE connections wait, up to
+        IDLE_CONNECT_WAIT_MAX_SECONDS from when a mailbox was first watched: at start-up a
+        thousand mailboxes' first passes are queued, each reads what waits in its mailbox,
+        and a thousand logins beside them (TLS on both sides, a server process each) only
+        made those passes late: 72 s instead of under a minute on two cores. Push matters
+        once a mailbox has been read."""
+        if now < self._busy_checked_at + 1.0:
+            return self._busy
+        self._busy_checked_at = now
+        stale = timezone.now() - timedelta(seconds=settings.POLL_QUEUED_STALE_SECONDS)
+        try:
+            queued = MailboxState.objects.filter(pass_queued_at__gte=stale).count()
+        except Exception:  # the database is down: connecting needs no database
+            logger.warning("IDLE: could not count the queued passes", exc_info=True)
+            queued = 0
+        busy = queued > settings.IDLE_CONNECT_WHEN_QUEUED_AT_MOST
+        if busy and not self._busy:
+            logger.info("IDLE: %d routine passes queued; new connections wait for them", queued)
+        self._busy = busy
+        return busy
 
     def collect_connections(self, now: float) -> None:
         for watch in list(self.watches.values()):

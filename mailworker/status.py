@@ -78,7 +78,9 @@ def _write(integration_id: int, **values: Any) -> None:
 
 def note_poll(*, integration: EmailIntegration, error: str | None, continues: bool = False) -> None:
     """A pass over the mailbox ended, failed with `error` or not (None). `continues`: it
-    stopped at its budget and its continuation is being queued, so it counts as queued."""
+    stopped at its budget and its continuation is being queued, so it counts as queued.
+    A good pass also ends the streak of failures (note_success), in the same UPDATE: at a
+    thousand mailboxes each pass's writes count."""
     now = timezone.now()
     values: dict[str, Any] = {"last_polled_at": now, "pass_queued_at": now if continues else None}
     if error is not None:
@@ -89,6 +91,7 @@ def note_poll(*, integration: EmailIntegration, error: str | None, continues: bo
         }
     else:
         values |= {"last_success_at": now, "last_error": "", "poll_failures": 0}
+        values |= SUCCESS
     _write(integration.pk, **values)
 
 
@@ -139,8 +142,12 @@ def note_alert_sent(*, integration_id: int) -> None:
     _write(integration_id, failure_alert_sent_at=timezone.now())
 
 
+# What a success writes: the streak of failures is over, its alert may go out again.
+SUCCESS: dict[str, Any] = {"consecutive_failures": 0, "failure_alert_sent_at": None}
+
+
 def note_success(*, integration: EmailIntegration) -> None:
-    _write(integration.pk, consecutive_failures=0, failure_alert_sent_at=None)
+    _write(integration.pk, **SUCCESS)
 
 
 def note_failure(*, integration: EmailIntegration, direction: str, error: str) -> bool:

@@ -82,7 +82,10 @@ def existing_records(*, numbers: Iterable[int]) -> dict[int, ServiceRecord]:
         }
         if not pending:
             break
-        targets = records.in_bulk(set(pending.values()))
+        wanted = set(pending.values())
+        # A target read already is that same object: one object per record in the answer.
+        targets = {pk: found[pk] for pk in wanted & found.keys()}
+        targets |= records.in_bulk(wanted - targets.keys())
         for number, target in pending.items():
             if target in targets:
                 resolved[number] = targets[target]

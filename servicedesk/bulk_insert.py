@@ -1,6 +1,7 @@
 """Many new rows of one table written with one statement, the fastest way the database has:
-on PostgreSQL a COPY, the keys drawn from the table's sequence first (one query); elsewhere
-Django's `bulk_create` (one multi-row INSERT ... RETURNING).
+on PostgreSQL a COPY, the keys drawn from the table's sequence first (one query); elsewhere,
+and for a few rows (where the second round trip costs more than it saves), Django's
+`bulk_create` (one multi-row INSERT ... RETURNING).
 
 Why not `bulk_create` on PostgreSQL too: Django builds the multi-row INSERT in Python (every
 field of every row prepared, compiled into SQL) and psycopg's client-side binding then splits
@@ -26,6 +27,10 @@ from typing import Any
 from django.db import connections, models, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+# Fewer rows than this go in one INSERT: a pass of a 5-email mailbox (a thousand mailboxes
+# polled) then costs one statement a table, not two.
+COPY_MIN_ROWS = 20
+
 
 def insert_rows(rows: Sequence[models.Model]) -> None:
     """Insert new rows of one model; their keys are set on them."""
@@ -33,7 +38,7 @@ def insert_rows(rows: Sequence[models.Model]) -> None:
         return
     model = type(rows[0])
     connection = connections[router.db_for_write(model)]
-    if connection.vendor != "postgresql" or not _copyable(model):
+    if len(rows) < COPY_MIN_ROWS or connection.vendor != "postgresql" or not _copyable(model):
         model._default_manager.bulk_create(rows)
         return
     _copy_rows(connection, model, rows)

@@ -1,13 +1,20 @@
 """The Celery app: configured from Django settings (CELERY_*), tasks found in the apps."""
 
 import glob
+import logging
 import os
 from pathlib import Path
 
 from celery import Celery
 from celery.beat import PersistentScheduler
 from celery.schedules import crontab
-from celery.signals import celeryd_init, task_postrun, task_prerun, worker_process_init
+from celery.signals import (
+    beat_init,
+    celeryd_init,
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+)
 
 from servicedesk.configuration import PRIVATE_FILE_MODE, keep_new_files_private
 
@@ -66,6 +73,17 @@ class PrivatePersistentScheduler(PersistentScheduler):
             if path.is_file():
                 path.chmod(PRIVATE_FILE_MODE)
         super().setup_schedule()
+
+
+@beat_init.connect
+def dispatch_when_beat_starts(**_kwargs: object) -> None:
+    """The first look for due mailboxes at once, not one POLL_DISPATCH_SECONDS after beat
+    starts: at start-up every mailbox's first pass waited those seconds for it (the IDLE
+    listener waits for those passes before it logs in; mailworker/idle.py)."""
+    try:
+        app.send_task("mailworker.tasks.dispatch_due_polls")  # routed as beat's own
+    except Exception:  # the broker is not up yet: the schedule's first dispatch comes soon
+        logging.getLogger(__name__).warning("could not dispatch at start", exc_info=True)
 
 
 @app.on_after_finalize.connect

@@ -14,9 +14,20 @@ from django.utils import timezone
 
 from mailworker.models import OutboxEmail
 from records.models import Direction, Message, ProcessedEmail, ServiceRecord, Status, User
+from servicedesk import bulk_insert
 from servicedesk.bulk_insert import insert_rows
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True, params=["one statement", "few rows"])
+def copy_min_rows(request, monkeypatch) -> None:
+    """Each test twice: every row count taking the statement for many rows (COPY on
+    PostgreSQL), and the one for a few rows (a multi-row INSERT)."""
+    if request.param == "one statement":
+        monkeypatch.setattr(bulk_insert, "COPY_MIN_ROWS", 1)
+    else:
+        monkeypatch.setattr(bulk_insert, "COPY_MIN_ROWS", 1000)
 
 
 def test_rows_pointing_at_each_other_are_written_with_their_keys_and_values() -> None:

@@ -22,7 +22,15 @@ from mailworker.outbound.message_ids import record_of_signed_message_id
 from mailworker.pipeline import apply as apply_module
 from mailworker.pipeline import passes as passes_module
 from mailworker.pipeline.passes import fetched_chunks, run_pass
-from records.models import Attachment, Message, ProcessedEmail, Quarantine, ServiceRecord, User
+from records.models import (
+    Attachment,
+    Message,
+    ProcessedEmail,
+    Quarantine,
+    ServiceRecord,
+    Status,
+    User,
+)
 from records.services import create_record, get_or_create_end_user, record_email_received
 from tests.mail import make_email
 
@@ -294,3 +302,56 @@ def test_a_batch_starts_with_a_small_chunk_and_each_next_is_twice_as_large():
         3,
         1,
     ]
+
+
+def test_the_records_a_chunk_names_are_read_once_and_shared_by_its_emails(
+    dovecot, dovecot_integration, monkeypatch
+):
+    """Replies naming "#N" in one chunk: one query reads every record they name, and a
+    record two replies name is one object, so the second sees what the first changed (the
+    status a reply moves a closed record to, moved once)."""
+    monkeypatch.setattr(passes_module, "FIRST_CHUNK_MAX_EMAILS", None)  # all in one chunk
+    closed = Status.objects.create(name="Closed here", order=90, is_closed=True)
+    reopened = Status.objects.create(name="Reopened here", order=91)
+    integration = dovecot_integration(protocol="imap", encryption="ssl")
+    integration.change_status_to = reopened
+    integration.save()
+    jane, _created = get_or_create_end_user(email="jane@customer.test")
+    records = [create_record(title=f"Old {n}", description="", requester=jane) for n in range(3)]
+    ServiceRecord.objects.filter(pk=records[0].pk).update(status=closed)
+    replies = [
+        make_email(
+            sender="Jane <jane@customer.test>",
+            subject=f"Re: Old {n % 3} [#{records[n % 3].pk}]",
+            body=f"Reply {n}",
+        )
+        for n in range(6)
+    ]
+    dovecot.deliver(integration.incoming_username, replies)
+
+    with CaptureQueriesContext(connection) as captured:
+        report = run_pass(integration=integration)
+
+    assert report.counts["appended"] == 6, report.counts
+    reads = [
+        q["sql"]
+        for q in captured.captured_queries
+        if q["sql"].startswith('SELECT "records_servicerecord"."id"')
+        and '"records_servicerecord"."id" IN' in q["sql"]
+    ]
+    assert len(reads) == 1, reads
+    for n, record in enumerate(records):
+        bodies = sorted(
+            m.text_body.strip() for m in Message.objects.filter(record=record, direction="in")
+        )
+        assert bodies == [f"Reply {n}", f"Reply {n + 3}"]
+    records[0].refresh_from_db()
+    assert records[0].status == reopened
+    # Each record moved by the first reply to it only: the second saw the status the first
+    # had set.
+    moves = [
+        q["sql"]
+        for q in captured.captured_queries
+        if q["sql"].startswith('UPDATE "records_servicerecord" SET "status_id"')
+    ]
+    assert len(moves) == len(records), moves

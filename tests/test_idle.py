@@ -16,6 +16,7 @@ from integrations.models import EmailIntegration
 from mailworker.idle import STATUS_LISTENING, IdleListener, has_new_mail, queue_catch_up_pass
 from mailworker.models import MailboxState
 from mailworker.scheduling import due_integration_ids
+from mailworker.status import note_passes_queued, note_poll
 from records.models import ServiceRecord
 from tests.dovecot import Dovecot
 from tests.mail import make_email
@@ -116,6 +117,49 @@ def test_a_catch_up_pass_is_a_routine_pass_queued_once(
     queue_catch_up_pass(integration.pk)
     assert MailboxState.objects.get(integration=integration).pass_queued_at == state.pass_queued_at
     assert integration.pk not in due_integration_ids()
+
+
+def test_new_connections_wait_while_many_routine_passes_are_queued(
+    listener: tuple[IdleListener, Recorder],
+    dovecot_integration: Callable[..., EmailIntegration],
+    settings,
+) -> None:
+    """At start-up every mailbox's first pass is queued: each reads what waits, and logging
+    in beside them only makes them late. The listener connects once the queue is short."""
+    idle, _recorder = listener
+    settings.IDLE_CONNECT_WHEN_QUEUED_AT_MOST = 1
+    others = [dovecot_integration(use_idle=False) for _ in range(2)]
+    note_passes_queued([other.pk for other in others])
+    integration = dovecot_integration(poll_interval_seconds=3600)
+    wait_until(lambda: integration.pk in idle.watches, timeout=10)
+    time.sleep(2.5)  # two reloads and five ticks: it would have connected by now
+
+    watch = idle.watches[integration.pk]
+    assert watch.mailbox is None and watch.connecting is None
+    assert idle_status(integration) == ""
+
+    note_poll(integration=others[0], error=None)  # one pass done: one queued, not more
+    wait_for_status(integration, STATUS_LISTENING, timeout=15)
+
+
+def test_a_mailbox_waits_for_queued_passes_only_so_long(
+    listener: tuple[IdleListener, Recorder],
+    dovecot_integration: Callable[..., EmailIntegration],
+    settings,
+) -> None:
+    """Workers that never get through their queue must not keep push off for good."""
+    _idle, _recorder = listener
+    settings.IDLE_CONNECT_WHEN_QUEUED_AT_MOST = 0
+    settings.IDLE_CONNECT_WAIT_MAX_SECONDS = 3
+    busy = dovecot_integration(use_idle=False)
+    note_passes_queued([busy.pk])
+    integration = dovecot_integration(poll_interval_seconds=3600)
+    started = time.monotonic()
+
+    wait_for_status(integration, STATUS_LISTENING, timeout=20)
+
+    assert time.monotonic() - started >= 2.5
+    assert MailboxState.objects.get(integration=busy).pass_queued_at is not None
 
 
 def test_the_listener_reconnects_after_the_server_restarts(

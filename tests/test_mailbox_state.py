@@ -43,15 +43,20 @@ def test_a_pass_reads_state_and_grant_with_the_integration_and_writes_each_once(
     dovecot.deliver(integration.incoming_username, [make_email()])
 
     poll_integration_now(integration_id=integration.pk)
+    # A streak of failures the good pass ends.
+    MailboxState.objects.filter(integration=integration).update(
+        consecutive_failures=4, failure_alert_sent_at=timezone.now()
+    )
     with CaptureQueriesContext(connection) as second:
         poll_integration_now(integration_id=integration.pk)
 
     state = MailboxState.objects.get(integration=integration)
     assert state.last_success_at is not None and state.poll_failures == 0
-    # The first pass creates the state row; after that a pass costs what it did when the
-    # state was columns of the integration: one query for the integration (joined to its
-    # state and grant), an UPDATE for the poll and one for the failure streak.
-    assert _statements_on(second, "mailworker_mailboxstate") == ["UPDATE", "UPDATE"]
+    assert state.consecutive_failures == 0 and state.failure_alert_sent_at is None
+    # The first pass creates the state row; after that a pass costs less than it did when
+    # the state was columns of the integration: one query for the integration (joined to
+    # its state and grant), one UPDATE for the poll that also ends the failure streak.
+    assert _statements_on(second, "mailworker_mailboxstate") == ["UPDATE"]
     assert _statements_on(second, "integrations_oauthgrant") == []
     # As many as before the state left EmailIntegration (not counting PostgreSQL's advisory
     # lock and unlock, which SQLite does without).

@@ -16,7 +16,8 @@ from integrations.services import addresses_read_by_incoming_integrations
 from mailworker.pipeline.flood_counts import floods_held_in_window, new_records_in_window
 from records import write_behind
 from records.email_rules import active_email_rules
-from records.models import EmailRule, ProcessedEmail, Status, User
+from records.models import EmailRule, ProcessedEmail, ServiceRecord, Status, User
+from records.selectors import existing_records
 from records.services import (
     default_new_status,
     find_users_by_email,
@@ -74,6 +75,11 @@ class ChunkLookups:
     # New end users' usernames (their addresses): which were looked up, which are taken.
     usernames_checked: frozenset[str] = frozenset()
     usernames_taken: set[str] = field(default_factory=set)
+    # The records the chunk's emails name ("#123", our signed Message-IDs), by number, each
+    # one object however many emails name it: what an email changes on it (a status on
+    # reply) the next one sees, as it would reading it again.
+    records: dict[int, ServiceRecord] = field(default_factory=dict)
+    record_numbers: frozenset[int] = frozenset()  # the numbers `records` answers for
     valid: bool = True
 
     def user(self, address: str) -> tuple[bool, User | None]:
@@ -133,8 +139,15 @@ class ChunkLookups:
         if self.valid:
             self.floods_held.add(key)
 
+    def records_named(self, numbers: list[int]) -> dict[int, ServiceRecord] | None:
+        """existing_records() for these numbers when the chunk read them all, else None."""
+        if not self.valid or not self.record_numbers.issuperset(numbers):
+            return None
+        return {number: self.records[number] for number in numbers if number in self.records}
+
     def forget(self) -> None:
         self.valid = False
+        self.records.clear()
         self.users.clear()
         self.newest_markers.clear()
         self.new_records.clear()
@@ -142,9 +155,13 @@ class ChunkLookups:
 
 
 def load_chunk_lookups(
-    *, senders: list[str], fingerprints: list[str], flood_keys: frozenset[str] = frozenset()
+    *,
+    senders: list[str],
+    fingerprints: list[str],
+    flood_keys: frozenset[str] = frozenset(),
+    record_numbers: frozenset[int] = frozenset(),
 ) -> ChunkLookups:
-    """Five queries for a chunk's emails, instead of one or two an email each."""
+    """Six queries for a chunk's emails, instead of one or two an email each."""
     wanted = frozenset(fingerprint for fingerprint in fingerprints if fingerprint)
     addresses = frozenset(sender.strip().lower() for sender in senders if sender.strip())
     users = find_users_by_email(emails=senders)
@@ -166,4 +183,6 @@ def load_chunk_lookups(
         flood_keys=flood_keys,
         usernames_checked=new_usernames,
         usernames_taken=taken_usernames(new_usernames),
+        records=existing_records(numbers=record_numbers) if record_numbers else {},
+        record_numbers=record_numbers,
     )

@@ -29,7 +29,7 @@ from mailworker.pipeline.process import (
     RawEmail,
     process_chunk,
 )
-from mailworker.status import note_failure, note_poll, note_success
+from mailworker.status import note_failure, note_poll
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +113,10 @@ def max_message_bytes() -> int:
 def record_poll(integration: EmailIntegration, report: PassReport) -> None:
     error = "; ".join(report.errors)[:10_000] if report.failed else None
     note_poll(integration=integration, error=error, continues=report.more)
+    if error is None:
+        return  # note_poll ended the streak of failures too
     try:
-        if error is not None:
-            note_failure(integration=integration, direction="fetch email", error=error)
-        else:
-            note_success(integration=integration)
+        note_failure(integration=integration, direction="fetch email", error=error)
     except Exception:  # the database is down too: the pass report still says what failed
         logger.exception("integration %s: could not record the pass", integration.name)
 

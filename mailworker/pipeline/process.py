@@ -40,6 +40,7 @@ from mailworker.pipeline.context import EmailContext, Verdict
 from mailworker.pipeline.defects import readable_defects
 from mailworker.pipeline.filters import run_filters
 from mailworker.pipeline.filters.duplicate_guard import fingerprint
+from mailworker.pipeline.filters.match_record import numbers_named
 from mailworker.pipeline.flood_counts import (
     exempt_domains,
     flood_keys,
@@ -537,7 +538,9 @@ class ChunkTransaction:
             rows,
         ):
             chunk = chunk_lookups(
-                list(self.parsed[start:end]), desk_addresses=self.lookups.desk_addresses
+                list(self.parsed[start:end]),
+                desk_addresses=self.lookups.desk_addresses,
+                integration=self.integration,
             )
             # The rows of the originals this transaction may reach, in one INSERT; rows of
             # emails it does not reach (its time ran out) commit with it and serve the next.
@@ -615,9 +618,12 @@ def rule_outcome_of(
         return None
 
 
-def chunk_lookups(parsed: list[Parsed], *, desk_addresses: frozenset[str]) -> ChunkLookups:
+def chunk_lookups(
+    parsed: list[Parsed], *, desk_addresses: frozenset[str], integration: EmailIntegration
+) -> ChunkLookups:
     """Inside the chunk's batched_outbox: the senders' counts against the cap of automatic
-    emails are read there too (each new record acknowledges its sender)."""
+    emails are read there too (each new record acknowledges its sender). Inside the chunk's
+    transaction: the records its emails name are read there, as each email would."""
     emails = [item.email for item in parsed if item.email is not None]
     senders = [email.from_address for email in emails if email.from_address]
     prefetch_automatic_counts(senders)
@@ -631,6 +637,9 @@ def chunk_lookups(parsed: list[Parsed], *, desk_addresses: frozenset[str]) -> Ch
             fingerprint(sender=email.from_address, subject=email.subject, body=email.text_body)
             for email in emails
         ],
+        record_numbers=frozenset(
+            number for email in emails for number in numbers_named(email, integration)
+        ),
     )
 
 

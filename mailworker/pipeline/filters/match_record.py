@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import regex
 
+from integrations.models import EmailIntegration
 from mailworker.inbound import InboundEmail
 from mailworker.outbound.message_ids import record_of_signed_message_id
 from mailworker.pipeline.context import CONTINUE, EmailContext, Verdict
@@ -38,8 +39,22 @@ def _pick(ctx: EmailContext, numbers: list[int]) -> ServiceRecord | None:
     if not numbers:
         return None
     ordered = list(reversed(numbers)) if ctx.integration.use_last_record_number else numbers
-    found = existing_records(numbers=ordered)
+    found = _existing(ctx, ordered)
     return next((found[number] for number in ordered if number in found), None)
+
+
+def _existing(ctx: EmailContext, numbers: list[int]) -> dict[int, ServiceRecord]:
+    """existing_records(), as the chunk read them for all its emails when it did."""
+    known = ctx.chunk.records_named(numbers) if ctx.chunk is not None else None
+    return known if known is not None else existing_records(numbers=numbers)
+
+
+def numbers_named(email: InboundEmail, integration: EmailIntegration) -> set[int]:
+    """Every record number check() may look up for this email (read for a whole chunk)."""
+    numbers = set(signed_thread_numbers(email)) | set(record_numbers(email.subject))
+    if integration.search_body_for_record_number:
+        numbers |= set(record_numbers(email.text_body[:BODY_SEARCH_LIMIT]))
+    return numbers
 
 
 def signed_thread_numbers(email: InboundEmail) -> list[int]:
@@ -54,19 +69,19 @@ def signed_thread_numbers(email: InboundEmail) -> list[int]:
     return list(dict.fromkeys(number for number in numbers if number is not None))
 
 
-def record_by_thread(email: InboundEmail) -> ServiceRecord | None:
+def record_by_thread(ctx: EmailContext) -> ServiceRecord | None:
     """The first record, in that order, that one of our signed ids names and that still
     exists (one query for all of them)."""
-    numbers = signed_thread_numbers(email)
+    numbers = signed_thread_numbers(ctx.email)
     if not numbers:
         return None
-    found = existing_records(numbers=numbers)
+    found = _existing(ctx, numbers)
     return next((found[number] for number in numbers if number in found), None)
 
 
 def check(ctx: EmailContext) -> Verdict:
     email = ctx.email
-    record = record_by_thread(email)
+    record = record_by_thread(ctx)
     if record is not None:
         ctx.record, ctx.matched_by = record, "thread"
         return CONTINUE
