@@ -36,6 +36,8 @@ from mailworker.status import note_idle_status, note_passes_queued
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.5
+# Connects handed to each connect thread at a time (refilled every tick).
+CONNECTS_QUEUED_PER_THREAD = 16
 CONNECT_TIMEOUT_SECONDS = 30.0
 # New-mail events closer together than this start one pass, plus one after the burst: a
 # pass reads everything waiting, so a burst of deliveries needs no pass per email.
@@ -200,6 +202,7 @@ class IdleListener:
         self.selector = selectors.DefaultSelector()
         self.watches: dict[int, Watch] = {}
         self.connector = ThreadPoolExecutor(connect_threads, thread_name_prefix="idle-connect")
+        self.max_connecting = connect_threads * CONNECTS_QUEUED_PER_THREAD
         # A plain flag, not a threading.Event: stop() runs in a signal handler on the main
         # thread, and Event.set() there deadlocks when the signal lands while the same thread
         # holds the Event's lock inside Event.wait().
@@ -271,7 +274,10 @@ class IdleListener:
             # Mailboxes watched a while already (a reconnect) do not wait.
             limit = settings.IDLE_CONNECT_WAIT_MAX_SECONDS
             due = [watch for watch in due if now - watch.watched_since >= limit]
-        for watch in due:
+        # A few ticks' worth at a time, not all of them: a thousand handed to the threads at
+        # once would all be opened whatever workers_busy() says a second later.
+        connecting = sum(1 for watch in self.watches.values() if watch.connecting is not None)
+        for watch in due[: max(0, self.max_connecting - connecting)]:
             watch.connecting = self.connector.submit(open_idle_connection, watch.integration)
 
     def workers_busy(self, now: float) -> bool:

@@ -284,7 +284,7 @@ IDLE_RELOAD_SECONDS = env.int("IDLE_RELOAD_SECONDS", default=30)
 IDLE_RECONNECT_MAX_SECONDS = env.int("IDLE_RECONNECT_MAX_SECONDS", default=300)
 # New IDLE connections wait while more routine passes than this are queued (start-up: every
 # mailbox's first pass), for at most IDLE_CONNECT_WAIT_MAX_SECONDS (mailworker/idle.py).
-IDLE_CONNECT_WHEN_QUEUED_AT_MOST = env.int("IDLE_CONNECT_WHEN_QUEUED_AT_MOST", default=100)
+IDLE_CONNECT_WHEN_QUEUED_AT_MOST = env.int("IDLE_CONNECT_WHEN_QUEUED_AT_MOST", default=20)
 IDLE_CONNECT_WAIT_MAX_SECONDS = env.int("IDLE_CONNECT_WAIT_MAX_SECONDS", default=120)
 HEARTBEAT_INTERVAL_SECONDS = env.int("HEARTBEAT_INTERVAL_SECONDS", default=30)
 # /healthz is unhealthy when the last worker heartbeat is older than this.

@@ -226,3 +226,23 @@ def test_a_line_break_in_the_integration_name_is_refused(smtp_integration) -> No
     integration.save(update_fields=["name"])
     with pytest.raises(HeaderInjectionError):
         compose(integration=integration, to=["a@b.test"], subject="s", text="t", automatic=True)
+
+
+def test_a_send_is_asked_for_only_when_something_can_be_sent(
+    smtp_integration, django_capture_on_commit_callbacks
+) -> None:
+    """Emails no integration can send are marked failed as they are queued: asking a worker
+    to drain the outbox for them was a task per pass for nothing (a thousand a minute with
+    a thousand mailboxes and no sending integration)."""
+    smtp_integration()
+    record = a_record()
+    EmailIntegration.objects.update(outgoing_enabled=False)
+    with django_capture_on_commit_callbacks() as callbacks:
+        queue_notifications(2, record=record)
+    assert set(OutboxEmail.objects.values_list("state", flat=True)) == {State.FAILED}
+    assert callbacks == []
+
+    EmailIntegration.objects.update(outgoing_enabled=True)
+    with django_capture_on_commit_callbacks() as callbacks:
+        queue_notifications(2, record=record)
+    assert [callback.__name__ for callback in callbacks] == ["request_sending"]

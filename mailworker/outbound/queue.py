@@ -294,6 +294,7 @@ def queue_email(
     in_reply_to, references = thread
     # Automatic emails go one recipient a row: the cap counts per recipient.
     groups = [[address] for address in kept] if automatic else [kept]
+    to_send = False
     for recipients in groups:
         counted = automatic and capped(kind=kind, recipient=recipients[0])
         row = OutboxEmail(
@@ -340,6 +341,7 @@ def queue_email(
             _count_queued_automatic(row.recipient)
         _save_row(row)
         result.rows.append(row)
+        to_send = to_send or row.state == State.PENDING
     if log_message is not None and result.rows and result.rows[0].message_id:
         Message.objects.filter(pk=log_message.pk).update(
             subject=subject[:998],
@@ -351,7 +353,8 @@ def queue_email(
             cc_addresses=kept_cc,
             bcc_addresses=kept_bcc,
         )
-    _request_sending_on_commit()
+    if to_send:  # not for rows that failed or were held back at once: nothing to send
+        _request_sending_on_commit()
     return result
 
 
