@@ -293,7 +293,10 @@ class IdleListener:
         self._busy_checked_at = now
         stale = timezone.now() - timedelta(seconds=settings.POLL_QUEUED_STALE_SECONDS)
         try:
-            queued = MailboxState.objects.filter(pass_queued_at__gte=stale).count()
+            # Of mailboxes still read: a disabled one's task may have been dropped unrun.
+            queued = MailboxState.objects.filter(
+                pass_queued_at__gte=stale, integration__incoming_enabled=True
+            ).count()
         except Exception:  # the database is down: connecting needs no database
             logger.warning("IDLE: could not count the queued passes", exc_info=True)
             queued = 0
