@@ -285,9 +285,9 @@ class IdleListener:
         at most once a second). Then new IDLE connections wait, up to
         IDLE_CONNECT_WAIT_MAX_SECONDS from when a mailbox was first watched: at start-up a
         thousand mailboxes' first passes are queued, each reads what waits in its mailbox,
-        and a thousand logins beside them (TLS on both sides, a server process each) only
-        made those passes late: 72 s instead of under a minute on two cores. Push matters
-        once a mailbox has been read."""
+        and a thousand logins beside them (TLS on both sides, a server process each) took a
+        core for 15-20 s and made those passes late (README, Performance: many mailboxes).
+        Push matters once a mailbox has been read."""
         if now < self._busy_checked_at + 1.0:
             return self._busy
         self._busy_checked_at = now
