@@ -1,7 +1,8 @@
 """Rows written a chunk at a time: the end users, records, messages, attachments and
-incoming-log rows of a chunk of incoming emails, inserted with one multi-row statement per
-table when the chunk ends (RETURNING their keys, on PostgreSQL and SQLite alike), instead of
-one INSERT an email each; then the events of the records it opened.
+incoming-log rows of a chunk of incoming emails, inserted with one statement per table when
+the chunk ends (servicedesk.bulk_insert: a COPY on PostgreSQL, a multi-row INSERT ...
+RETURNING elsewhere; their keys set either way), instead of one INSERT an email each; then
+the events of the records it opened.
 
 Only the mail engine's chunk writer turns it on (`rows_written_together`), inside its
 transaction and without savepoints: an email that fails there makes the whole chunk roll

@@ -51,10 +51,19 @@ def _existing(ctx: EmailContext, numbers: list[int]) -> dict[int, ServiceRecord]
 
 def numbers_named(email: InboundEmail, integration: EmailIntegration) -> set[int]:
     """Every record number check() may look up for this email (read for a whole chunk)."""
-    numbers = set(signed_thread_numbers(email)) | set(record_numbers(email.subject))
-    if integration.search_body_for_record_number:
-        numbers |= set(record_numbers(email.text_body[:BODY_SEARCH_LIMIT]))
+    numbers = set(signed_thread_numbers(email))
+    for _where, text in searched_texts(email, integration):
+        numbers |= set(record_numbers(text))
     return numbers
+
+
+def searched_texts(email: InboundEmail, integration: EmailIntegration) -> list[tuple[str, str]]:
+    """Where "#123" is looked for, in order: the subject, then the body when the integration
+    extends the search there."""
+    searches = [("subject", email.subject)]
+    if integration.search_body_for_record_number:
+        searches.append(("body", email.text_body[:BODY_SEARCH_LIMIT]))
+    return searches
 
 
 def signed_thread_numbers(email: InboundEmail) -> list[int]:
@@ -85,10 +94,7 @@ def check(ctx: EmailContext) -> Verdict:
     if record is not None:
         ctx.record, ctx.matched_by = record, "thread"
         return CONTINUE
-    searches = [("subject", email.subject)]
-    if ctx.integration.search_body_for_record_number:
-        searches.append(("body", email.text_body[:BODY_SEARCH_LIMIT]))
-    for where, text in searches:
+    for where, text in searched_texts(email, ctx.integration):
         record = _pick(ctx, record_numbers(text))
         if record is not None:
             ctx.record, ctx.matched_by = record, where
